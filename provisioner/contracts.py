@@ -1,0 +1,335 @@
+"""The data exchanged between clients, workflows and activities.
+
+Pure data and pure validation only: this module is imported inside the Temporal workflow sandbox, so it must
+stay free of I/O, clocks and randomness. Payloads travel through the pydantic data converter
+(`provisioner.temporal.DATA_CONVERTER`), which understands dataclasses, enums, `timedelta` and `datetime`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+# Template parameter values are plain data: they are handed to templates as values, never rendered as templates.
+ParameterValue = str | int | float | bool
+Parameters = dict[str, ParameterValue]
+
+DEFAULT_ENVIRONMENT = "development"
+DEFAULT_READY_TIMEOUT = timedelta(minutes=5)
+MAX_READY_TIMEOUT = timedelta(minutes=30)
+MIN_READY_TIMEOUT = timedelta(seconds=1)
+
+# A project slug names the repository, the namespace and the Flux objects, so it must be a DNS-1123 label
+# (kube's rule for namespaces) that also makes a sane repository name.
+SLUG_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+SLUG_MIN_LENGTH = 3
+SLUG_MAX_LENGTH = 40
+DISPLAY_NAME_MAX_LENGTH = 100
+TEMPLATE_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+ENVIRONMENT_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+PARAMETER_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_PARAMETERS = 64
+MAX_PARAMETER_VALUE_LENGTH = 4096
+
+MANAGED_BY = "provisioner"
+
+
+class StepName(StrEnum):
+    """The provisioning steps, in the order the workflow runs them."""
+
+    VALIDATE_TEMPLATE = "validate_template"
+    CREATE_REPOSITORY = "create_repository"
+    PUSH_TEMPLATE = "push_template"
+    PERSIST_RECORD = "persist_record"
+    APPLY_FLUX_RESOURCES = "apply_flux_resources"
+    AWAIT_READY = "await_ready"
+    FINALIZE_RECORD = "finalize_record"
+
+
+STEP_TITLES: dict[StepName, str] = {
+    StepName.VALIDATE_TEMPLATE: "Validate and render the template",
+    StepName.CREATE_REPOSITORY: "Create the Git repository",
+    StepName.PUSH_TEMPLATE: "Push the rendered template",
+    StepName.PERSIST_RECORD: "Persist the project record",
+    StepName.APPLY_FLUX_RESOURCES: "Apply the Flux resources",
+    StepName.AWAIT_READY: "Wait until Flux reports Ready",
+    StepName.FINALIZE_RECORD: "Finalize the project record",
+}
+
+
+class StepState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class ProjectStatus(StrEnum):
+    """The overall status of a project, mirrored by its database record."""
+
+    PENDING = "pending"
+    PROVISIONING = "provisioning"
+    READY = "ready"  # resources exist and Flux reported Ready=True
+    PROVISIONED = "provisioned"  # resources exist; Ready was not waited for
+    NOT_READY = "not_ready"  # resources exist but Flux did not report Ready within the bound
+    FAILED = "failed"
+
+
+TERMINAL_STATUSES = frozenset(
+    {ProjectStatus.READY, ProjectStatus.PROVISIONED, ProjectStatus.NOT_READY, ProjectStatus.FAILED}
+)
+
+
+class ErrorType(StrEnum):
+    """`ApplicationError.type` of the permanent (non-retryable) failures."""
+
+    INVALID_INPUT = "InvalidInput"
+    UNKNOWN_TEMPLATE = "UnknownTemplate"
+    TEMPLATE_RENDER_FAILED = "TemplateRenderFailed"
+    KUSTOMIZE_PATH_MISSING = "KustomizePathMissing"
+    REPOSITORY_CONFLICT = "RepositoryConflict"
+    FLUX_STALLED = "FluxStalled"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One invalid field of a request, named by its dotted path (e.g. `parameters.replicas`)."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+@dataclass
+class ProjectSpec:
+    """Everything needed to provision one project; the workflow's only input. Holds no secrets."""
+
+    slug: str
+    display_name: str
+    template: str
+    parameters: Parameters = field(default_factory=dict)
+    environment: str = DEFAULT_ENVIRONMENT
+    wait_for_ready: bool = True
+    ready_timeout: timedelta = DEFAULT_READY_TIMEOUT
+
+    @property
+    def namespace(self) -> str:
+        return self.slug
+
+    @property
+    def workflow_id(self) -> str:
+        return provisioning_workflow_id(self.slug)
+
+
+def provisioning_workflow_id(slug: str) -> str:
+    """One workflow id per project, so Temporal itself refuses a second concurrent provisioning of it."""
+    return f"project-init-{slug}"
+
+
+def validate_spec(spec: ProjectSpec) -> list[FieldError]:
+    """Check the request's shape. Template-specific parameter rules are checked against the template itself."""
+    errors: list[FieldError] = []
+    if not isinstance(spec.slug, str) or not SLUG_MIN_LENGTH <= len(spec.slug) <= SLUG_MAX_LENGTH:
+        errors.append(
+            FieldError("slug", f"must be {SLUG_MIN_LENGTH} to {SLUG_MAX_LENGTH} characters long")
+        )
+    elif not SLUG_PATTERN.fullmatch(spec.slug):
+        errors.append(
+            FieldError(
+                "slug",
+                "must consist of lower case letters, digits or '-', start with a letter "
+                "and end with a letter or digit (e.g. 'billing-api')",
+            )
+        )
+    if not isinstance(spec.display_name, str) or not spec.display_name.strip():
+        errors.append(FieldError("display_name", "must not be empty"))
+    elif len(spec.display_name) > DISPLAY_NAME_MAX_LENGTH or not spec.display_name.isprintable():
+        errors.append(
+            FieldError("display_name", f"must be printable and at most {DISPLAY_NAME_MAX_LENGTH} characters")
+        )
+    if not isinstance(spec.template, str) or not TEMPLATE_NAME_PATTERN.fullmatch(spec.template):
+        errors.append(FieldError("template", "must be a template name such as 'web-service'"))
+    if not isinstance(spec.environment, str) or not ENVIRONMENT_PATTERN.fullmatch(spec.environment):
+        errors.append(FieldError("environment", "must be an environment name such as 'development'"))
+    errors.extend(_validate_parameters(spec.parameters))
+    if not isinstance(spec.ready_timeout, timedelta) or not (
+        MIN_READY_TIMEOUT <= spec.ready_timeout <= MAX_READY_TIMEOUT
+    ):
+        errors.append(
+            FieldError(
+                "ready_timeout",
+                f"must be between {int(MIN_READY_TIMEOUT.total_seconds())} s "
+                f"and {int(MAX_READY_TIMEOUT.total_seconds() // 60)} min",
+            )
+        )
+    return errors
+
+
+def _validate_parameters(parameters: Parameters) -> list[FieldError]:
+    if not isinstance(parameters, dict):
+        return [FieldError("parameters", "must be a mapping of names to values")]
+    errors: list[FieldError] = []
+    if len(parameters) > MAX_PARAMETERS:
+        errors.append(FieldError("parameters", f"must hold at most {MAX_PARAMETERS} entries"))
+    for name, value in parameters.items():
+        if not isinstance(name, str) or not PARAMETER_NAME_PATTERN.fullmatch(name):
+            errors.append(FieldError(f"parameters.{name}", "is not a valid parameter name"))
+        elif not isinstance(value, str | int | float | bool):
+            errors.append(FieldError(f"parameters.{name}", "must be a string, number or boolean"))
+        elif isinstance(value, str) and len(value) > MAX_PARAMETER_VALUE_LENGTH:
+            errors.append(
+                FieldError(f"parameters.{name}", f"must be at most {MAX_PARAMETER_VALUE_LENGTH} characters")
+            )
+    return errors
+
+
+# ---- Activity inputs and results -------------------------------------------------------------------------
+
+
+@dataclass
+class RenderSummary:
+    """What validating the template found; the rendered files themselves stay on the worker that rendered them."""
+
+    template: str
+    file_count: int
+    tree_digest: str  # sha256 over the sorted (path, content) pairs: identical on every worker
+    kustomize_path: str
+
+
+@dataclass
+class RepositoryInfo:
+    name: str
+    clone_url: str  # what Flux clones; holds no credentials
+    default_branch: str
+    created: bool  # False when it already existed for this project
+
+
+@dataclass
+class PushRequest:
+    spec: ProjectSpec
+    repository: RepositoryInfo
+
+
+@dataclass
+class PushResult:
+    commit_sha: str
+    branch: str
+    pushed: bool  # False when the branch already held exactly this tree
+
+
+@dataclass
+class ProjectRecordUpdate:
+    """An upsert of the project's database record, keyed by slug."""
+
+    slug: str
+    status: ProjectStatus
+    display_name: str = ""
+    template: str = ""
+    environment: str = ""
+    namespace: str = ""
+    workflow_id: str = ""
+    repo_url: str | None = None
+    commit_sha: str | None = None
+    last_message: str = ""
+
+
+@dataclass
+class FluxApplyRequest:
+    spec: ProjectSpec
+    repository: RepositoryInfo
+    commit_sha: str
+
+
+@dataclass
+class KubeObjectRef:
+    api_version: str
+    kind: str
+    namespace: str | None
+    name: str
+    resource_version: str
+    generation: int | None = None
+
+
+@dataclass
+class FluxApplyResult:
+    namespace: str
+    objects: list[KubeObjectRef]
+
+
+@dataclass
+class ReadinessRequest:
+    namespace: str
+    name: str  # the GitRepository and the Kustomization share the project's name
+
+
+class ReadinessState(StrEnum):
+    READY = "ready"
+    IN_PROGRESS = "in_progress"
+    FAILED = "failed"  # Stalled=True: will not recover without a change
+
+
+@dataclass
+class ObjectReadiness:
+    kind: str
+    name: str
+    state: ReadinessState
+    reason: str
+    message: str
+
+
+@dataclass
+class ReadinessReport:
+    state: ReadinessState
+    reason: str
+    message: str
+    objects: list[ObjectReadiness] = field(default_factory=list)
+    revision: str = ""
+
+
+# ---- Progress (the `progress` query) and the workflow result ---------------------------------------------
+
+
+@dataclass
+class StepProgress:
+    name: StepName
+    title: str
+    state: StepState = StepState.PENDING
+    attempt: int = 0
+    message: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass
+class Progress:
+    slug: str
+    workflow_id: str
+    status: ProjectStatus
+    percent: int
+    steps: list[StepProgress]
+    message: str = ""
+    updated_at: datetime | None = None
+
+    @property
+    def current_step(self) -> StepProgress | None:
+        for step in self.steps:
+            if step.state in (StepState.RUNNING, StepState.FAILED):
+                return step
+        return None
+
+
+@dataclass
+class ProvisioningResult:
+    slug: str
+    status: ProjectStatus
+    message: str
+    repo_url: str
+    commit_sha: str
+    namespace: str
+    readiness: ReadinessReport | None
+    progress: Progress
