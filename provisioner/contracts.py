@@ -135,9 +135,7 @@ def validate_spec(spec: ProjectSpec) -> list[FieldError]:
     """Check the request's shape. Template-specific parameter rules are checked against the template itself."""
     errors: list[FieldError] = []
     if not isinstance(spec.slug, str) or not SLUG_MIN_LENGTH <= len(spec.slug) <= SLUG_MAX_LENGTH:
-        errors.append(
-            FieldError("slug", f"must be {SLUG_MIN_LENGTH} to {SLUG_MAX_LENGTH} characters long")
-        )
+        errors.append(FieldError("slug", f"must be {SLUG_MIN_LENGTH} to {SLUG_MAX_LENGTH} characters long"))
     elif not SLUG_PATTERN.fullmatch(spec.slug):
         errors.append(
             FieldError(
@@ -149,9 +147,7 @@ def validate_spec(spec: ProjectSpec) -> list[FieldError]:
     if not isinstance(spec.display_name, str) or not spec.display_name.strip():
         errors.append(FieldError("display_name", "must not be empty"))
     elif len(spec.display_name) > DISPLAY_NAME_MAX_LENGTH or not spec.display_name.isprintable():
-        errors.append(
-            FieldError("display_name", f"must be printable and at most {DISPLAY_NAME_MAX_LENGTH} characters")
-        )
+        errors.append(FieldError("display_name", f"must be printable and at most {DISPLAY_NAME_MAX_LENGTH} characters"))
     if not isinstance(spec.template, str) or not TEMPLATE_NAME_PATTERN.fullmatch(spec.template):
         errors.append(FieldError("template", "must be a template name such as 'web-service'"))
     if not isinstance(spec.environment, str) or not ENVIRONMENT_PATTERN.fullmatch(spec.environment):
@@ -182,9 +178,7 @@ def _validate_parameters(parameters: Parameters) -> list[FieldError]:
         elif not isinstance(value, str | int | float | bool):
             errors.append(FieldError(f"parameters.{name}", "must be a string, number or boolean"))
         elif isinstance(value, str) and len(value) > MAX_PARAMETER_VALUE_LENGTH:
-            errors.append(
-                FieldError(f"parameters.{name}", f"must be at most {MAX_PARAMETER_VALUE_LENGTH} characters")
-            )
+            errors.append(FieldError(f"parameters.{name}", f"must be at most {MAX_PARAMETER_VALUE_LENGTH} characters"))
     return errors
 
 
@@ -243,6 +237,7 @@ class FluxApplyRequest:
     spec: ProjectSpec
     repository: RepositoryInfo
     commit_sha: str
+    kustomize_path: str  # inside the repository, e.g. "k8s/overlays/development"
 
 
 @dataclass

@@ -1,0 +1,313 @@
+"""ProjectInitWorkflow's logic on the time-skipping test server, with stub activities standing in for the systems."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from temporalio import activity
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from provisioner.contracts import (
+    ErrorType,
+    FluxApplyRequest,
+    FluxApplyResult,
+    KubeObjectRef,
+    ProjectRecordUpdate,
+    ProjectSpec,
+    ProjectStatus,
+    ProvisioningResult,
+    PushRequest,
+    PushResult,
+    ReadinessReport,
+    ReadinessRequest,
+    ReadinessState,
+    RenderSummary,
+    RepositoryInfo,
+    StepName,
+    StepState,
+)
+from workflows.project_init import ProjectInitWorkflow
+
+READY = ReadinessReport(ReadinessState.READY, "ReconciliationSucceeded", "Applied revision: main@sha1:abc")
+PROGRESSING = ReadinessReport(ReadinessState.IN_PROGRESS, "Progressing", "Reconciliation in progress")
+
+
+@dataclass
+class StubSystems:
+    """Records every activity call; each behaviour can be replaced by a test."""
+
+    calls: list[str] = field(default_factory=list)
+    records: list[ProjectRecordUpdate] = field(default_factory=list)
+    failures: dict[str, list[BaseException]] = field(default_factory=dict)
+    readiness: Callable[[int], ReadinessReport] = lambda poll: READY
+    readiness_polls: int = 0
+
+    def _enter(self, name: str) -> None:
+        self.calls.append(name)
+        queued = self.failures.get(name)
+        if queued:
+            raise queued.pop(0)
+
+    @activity.defn(name="validate_template")
+    async def validate_template(self, spec: ProjectSpec) -> RenderSummary:
+        self._enter("validate_template")
+        return RenderSummary(spec.template, 7, "digest", f"k8s/overlays/{spec.environment}")
+
+    @activity.defn(name="create_repository")
+    async def create_repository(self, spec: ProjectSpec) -> RepositoryInfo:
+        self._enter("create_repository")
+        return RepositoryInfo(spec.slug, f"http://git.test/{spec.slug}.git", "main", True)
+
+    @activity.defn(name="push_template")
+    async def push_template(self, request: PushRequest) -> PushResult:
+        self._enter("push_template")
+        return PushResult("a" * 40, "main", True)
+
+    @activity.defn(name="upsert_project_record")
+    async def upsert_project_record(self, update: ProjectRecordUpdate) -> None:
+        self._enter("upsert_project_record")
+        self.records.append(update)
+
+    @activity.defn(name="apply_flux_resources")
+    async def apply_flux_resources(self, request: FluxApplyRequest) -> FluxApplyResult:
+        self._enter("apply_flux_resources")
+        ns = request.spec.namespace
+        return FluxApplyResult(
+            ns,
+            [
+                KubeObjectRef("v1", "Namespace", None, ns, "1"),
+                KubeObjectRef("source.toolkit.fluxcd.io/v1", "GitRepository", ns, ns, "2", 1),
+                KubeObjectRef("kustomize.toolkit.fluxcd.io/v1", "Kustomization", ns, ns, "3", 1),
+            ],
+        )
+
+    @activity.defn(name="check_flux_readiness")
+    async def check_flux_readiness(self, request: ReadinessRequest) -> ReadinessReport:
+        self._enter("check_flux_readiness")
+        self.readiness_polls += 1
+        return self.readiness(self.readiness_polls)
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [
+            self.validate_template,
+            self.create_repository,
+            self.push_template,
+            self.upsert_project_record,
+            self.apply_flux_resources,
+            self.check_flux_readiness,
+        ]
+
+
+@pytest.fixture
+async def stubs(time_skipping_env: WorkflowEnvironment) -> AsyncIterator[tuple[StubSystems, str]]:
+    systems = StubSystems()
+    task_queue = f"test-{uuid.uuid4()}"
+    async with Worker(
+        time_skipping_env.client, task_queue=task_queue, workflows=[ProjectInitWorkflow], activities=systems.all()
+    ):
+        yield systems, task_queue
+
+
+def make_spec(**overrides: Any) -> ProjectSpec:
+    values: dict[str, Any] = {
+        "slug": f"proj-{uuid.uuid4().hex[:8]}",
+        "display_name": "Billing API",
+        "template": "web-service",
+        "parameters": {"owner": "payments"},
+    }
+    values.update(overrides)
+    return ProjectSpec(**values)
+
+
+async def start(
+    env: WorkflowEnvironment, task_queue: str, spec: ProjectSpec
+) -> WorkflowHandle[ProjectInitWorkflow, ProvisioningResult]:
+    return await env.client.start_workflow(ProjectInitWorkflow.run, spec, id=spec.workflow_id, task_queue=task_queue)
+
+
+async def run_to_failure(env: WorkflowEnvironment, task_queue: str, spec: ProjectSpec) -> ApplicationError:
+    handle = await start(env, task_queue, spec)
+    with pytest.raises(WorkflowFailureError) as raised:
+        await handle.result()
+    cause = raised.value.cause
+    assert isinstance(cause, ApplicationError)
+    return cause
+
+
+STEP_ORDER = [
+    "validate_template",
+    "create_repository",
+    "push_template",
+    "upsert_project_record",
+    "apply_flux_resources",
+    "check_flux_readiness",
+    "upsert_project_record",
+]
+
+
+async def test_runs_every_step_in_order_and_reports_ready(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    systems, task_queue = stubs
+    spec = make_spec()
+    handle = await start(time_skipping_env, task_queue, spec)
+    result: ProvisioningResult = await handle.result()
+
+    assert systems.calls == STEP_ORDER
+    assert result.status is ProjectStatus.READY
+    assert result.commit_sha == "a" * 40
+    assert result.progress.percent == 100
+    assert [s.state for s in result.progress.steps] == [StepState.SUCCEEDED] * len(StepName)
+    assert all(s.started_at and s.finished_at and s.attempt == 1 for s in result.progress.steps)
+    assert [r.status for r in systems.records] == [ProjectStatus.PROVISIONING, ProjectStatus.READY]
+    assert systems.records[0].workflow_id == spec.workflow_id == handle.id
+    assert systems.records[0].repo_url == f"http://git.test/{spec.slug}.git"
+    queried = await handle.query(ProjectInitWorkflow.progress)
+    assert queried.status is ProjectStatus.READY and queried.percent == 100
+
+
+async def test_percent_stays_below_100_until_ready(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    systems, task_queue = stubs
+    released = asyncio.Event()
+    systems.readiness = lambda poll: READY if released.is_set() else PROGRESSING
+    handle = await start(time_skipping_env, task_queue, make_spec())
+
+    async def awaiting_ready() -> Any:
+        while True:
+            progress = await handle.query(ProjectInitWorkflow.progress)
+            by_name = {s.name: s for s in progress.steps}
+            if by_name[StepName.AWAIT_READY].state is StepState.RUNNING and systems.readiness_polls >= 1:
+                return progress
+            await asyncio.sleep(0.05)
+
+    progress = await asyncio.wait_for(awaiting_ready(), timeout=20)
+    assert progress.status is ProjectStatus.PROVISIONING
+    assert progress.percent < 100
+    by_name = {s.name: s for s in progress.steps}
+    assert by_name[StepName.APPLY_FLUX_RESOURCES].state is StepState.SUCCEEDED
+    assert by_name[StepName.FINALIZE_RECORD].state is StepState.PENDING
+    released.set()
+    result: ProvisioningResult = await handle.result()
+    assert result.status is ProjectStatus.READY and result.progress.percent == 100
+
+
+async def test_without_waiting_skips_the_ready_step(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    systems, task_queue = stubs
+    result: ProvisioningResult = await (
+        await start(time_skipping_env, task_queue, make_spec(wait_for_ready=False))
+    ).result()
+    assert "check_flux_readiness" not in systems.calls
+    assert result.status is ProjectStatus.PROVISIONED
+    steps = {s.name: s for s in result.progress.steps}
+    assert steps[StepName.AWAIT_READY].state is StepState.SKIPPED
+    assert result.progress.percent == 100
+    assert systems.records[-1].status is ProjectStatus.PROVISIONED
+
+
+async def test_transient_failures_are_retried_and_visible(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    systems, task_queue = stubs
+    systems.failures["push_template"] = [RuntimeError("remote hung up"), RuntimeError("remote hung up")]
+    result: ProvisioningResult = await (await start(time_skipping_env, task_queue, make_spec())).result()
+    assert systems.calls.count("push_template") == 3
+    push = {s.name: s for s in result.progress.steps}[StepName.PUSH_TEMPLATE]
+    assert push.state is StepState.SUCCEEDED and push.attempt == 3
+    assert result.status is ProjectStatus.READY
+
+
+@pytest.mark.parametrize(
+    ("activity_name", "error_type"),
+    [
+        ("validate_template", ErrorType.UNKNOWN_TEMPLATE),
+        ("validate_template", ErrorType.KUSTOMIZE_PATH_MISSING),
+        ("create_repository", ErrorType.REPOSITORY_CONFLICT),
+    ],
+)
+async def test_permanent_errors_fail_at_once_before_anything_is_created(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str], activity_name: str, error_type: ErrorType
+) -> None:
+    systems, task_queue = stubs
+    systems.failures[activity_name] = [ApplicationError("permanent", type=error_type.value, non_retryable=True)]
+    failure = await run_to_failure(time_skipping_env, task_queue, make_spec())
+    assert failure.type == error_type.value
+    assert failure.non_retryable
+    assert systems.calls[-1] == activity_name
+    assert systems.calls.count(activity_name) == 1
+    for later in ("push_template", "upsert_project_record", "apply_flux_resources"):
+        assert later not in systems.calls
+
+
+async def test_invalid_input_fails_without_calling_any_activity(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    systems, task_queue = stubs
+    failure = await run_to_failure(
+        time_skipping_env, task_queue, make_spec(slug="Bad_Slug", ready_timeout=timedelta(hours=2))
+    )
+    assert failure.type == ErrorType.INVALID_INPUT.value
+    assert "slug" in failure.message and "ready_timeout" in failure.message
+    assert systems.calls == []
+
+
+async def test_ready_timeout_ends_as_not_ready_with_the_flux_reason(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    systems, task_queue = stubs
+    missing_path = ReadinessReport(
+        ReadinessState.IN_PROGRESS,
+        "ArtifactFailed",
+        "kustomization path not found: stat /tmp/kustomization-1/k8s/overlays/development: no such file or directory",
+    )
+    systems.readiness = lambda poll: missing_path
+    spec = make_spec(ready_timeout=timedelta(minutes=2))
+    result: ProvisioningResult = await (await start(time_skipping_env, task_queue, spec)).result()
+
+    assert result.status is ProjectStatus.NOT_READY
+    assert "ArtifactFailed" in result.message and "kustomization path not found" in result.message
+    steps = {s.name: s for s in result.progress.steps}
+    assert steps[StepName.AWAIT_READY].state is StepState.FAILED
+    assert steps[StepName.FINALIZE_RECORD].state is StepState.SUCCEEDED
+    assert result.progress.percent < 100
+    assert systems.records[-1].status is ProjectStatus.NOT_READY
+    assert "kustomization path not found" in systems.records[-1].last_message
+    # Polled with backoff across the whole bound, not once and not in a tight loop.
+    assert 5 <= systems.readiness_polls <= 40
+
+
+async def test_stalled_fails_at_once_and_marks_the_record_failed(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    systems, task_queue = stubs
+    systems.readiness = lambda poll: ReadinessReport(ReadinessState.FAILED, "InvalidPath", "path is absolute")
+    failure = await run_to_failure(time_skipping_env, task_queue, make_spec())
+    assert failure.type == ErrorType.FLUX_STALLED.value
+    assert "InvalidPath" in failure.message
+    assert systems.readiness_polls == 1
+    assert systems.records[-1].status is ProjectStatus.FAILED
+    assert "Stalled" in systems.records[-1].last_message
+
+
+async def test_a_step_that_keeps_failing_fails_the_run_and_the_record(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    systems, task_queue = stubs
+    systems.failures["apply_flux_resources"] = [RuntimeError("connection refused")] * 50
+    failure = await run_to_failure(time_skipping_env, task_queue, make_spec())
+    assert "apply_flux_resources failed" in failure.message and "connection refused" in failure.message
+    assert systems.calls.count("apply_flux_resources") == 12
+    assert systems.records[-1].status is ProjectStatus.FAILED
+    assert "check_flux_readiness" not in systems.calls
