@@ -1,13 +1,17 @@
-"""Fixtures shared by every test area: the Temporal test servers, started from the venv's bundled binaries."""
+"""Fixtures shared by every test area: the Temporal test servers (from the venv's bundled binaries) and throw-away
+PostgreSQL databases on the machine's real server. PostgreSQL being unreachable is a failure, never a skip."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from provisioner.db import migrate
 from provisioner.temporal import DATA_CONVERTER, bundled_binary
+from tests.postgres import DEFAULT_TEST_DATABASE_URL, TEST_DATABASE_URL_ENV, temporary_postgres_database
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +23,16 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
     finally:
         await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def admin_database_url() -> str:
+    return os.environ.get(TEST_DATABASE_URL_ENV, DEFAULT_TEST_DATABASE_URL)
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres_url(admin_database_url: str) -> Iterator[str]:
+    """One migrated database shared by the session's tests (see `postgres_url` for a clean table)."""
+    with temporary_postgres_database(admin_database_url) as url:
+        migrate(url)
+        yield url

@@ -1,0 +1,309 @@
+"""The project record: upsert semantics, idempotency, concurrency, error mapping, the activity and the readers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.records import (
+    INVALID_RECORD_ERROR_TYPE,
+    ProjectRecordSummary,
+    RecordActivities,
+    get_project,
+    list_projects,
+    upsert_project,
+)
+from provisioner.contracts import ProjectRecordUpdate, ProjectStatus
+from provisioner.db import engine_for, migrate
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def persist_update(slug: str = "billing-api") -> ProjectRecordUpdate:
+    """What the workflow writes once the repository exists."""
+    return ProjectRecordUpdate(
+        slug=slug,
+        status=ProjectStatus.PROVISIONING,
+        display_name="Billing API",
+        template="web-service",
+        environment="development",
+        namespace=slug,
+        workflow_id=f"project-init-{slug}",
+        repo_url=f"http://git.example/{slug}.git",
+        commit_sha="a" * 40,
+        last_message="Repository pushed",
+    )
+
+
+def finalize_update(status: ProjectStatus, message: str, slug: str = "billing-api") -> ProjectRecordUpdate:
+    """What the workflow writes at the end: only the status and a message."""
+    return ProjectRecordUpdate(slug=slug, status=status, last_message=message)
+
+
+def row_count(database_url: str, slug: str) -> int:
+    with engine_for(database_url).connect() as connection:
+        count: int = connection.execute(
+            text("SELECT count(*) FROM projects WHERE slug = :slug"), {"slug": slug}
+        ).scalar_one()
+        return count
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+# ---- Upsert semantics (PostgreSQL) ---------------------------------------------------------------------------
+
+
+def test_the_first_upsert_inserts_the_full_record(postgres_url: str) -> None:
+    summary = upsert_project(engine_for(postgres_url), persist_update(), now=T0)
+
+    assert summary == ProjectRecordSummary(
+        slug="billing-api", status=ProjectStatus.PROVISIONING, updated_at=T0, ready_at=None
+    )
+    project = get_project(postgres_url, "billing-api")
+    assert project is not None
+    assert asdict(project) == {
+        "slug": "billing-api",
+        "display_name": "Billing API",
+        "template": "web-service",
+        "environment": "development",
+        "status": ProjectStatus.PROVISIONING,
+        "namespace": "billing-api",
+        "workflow_id": "project-init-billing-api",
+        "repo_url": "http://git.example/billing-api.git",
+        "commit_sha": "a" * 40,
+        "last_message": "Repository pushed",
+        "created_at": T0,
+        "updated_at": T0,
+        "ready_at": None,
+    }
+    assert project.created_at.tzinfo is not None and project.created_at.utcoffset() == timedelta(0)
+
+
+def test_a_partial_update_keeps_what_it_does_not_know(postgres_url: str) -> None:
+    engine = engine_for(postgres_url)
+    upsert_project(engine, persist_update(), now=T0)
+
+    upsert_project(engine, finalize_update(ProjectStatus.NOT_READY, "Flux did not report Ready"), now=T0 + timedelta(1))
+
+    project = get_project(postgres_url, "billing-api")
+    assert project is not None
+    assert project.status is ProjectStatus.NOT_READY
+    assert project.last_message == "Flux did not report Ready"
+    assert (project.repo_url, project.commit_sha) == ("http://git.example/billing-api.git", "a" * 40)
+    assert (project.display_name, project.template, project.namespace) == ("Billing API", "web-service", "billing-api")
+    assert project.created_at == T0
+    assert project.updated_at == T0 + timedelta(1)
+    assert project.ready_at is None
+
+
+def test_an_update_overwrites_the_fields_it_provides(postgres_url: str) -> None:
+    engine = engine_for(postgres_url)
+    upsert_project(engine, persist_update(), now=T0)
+
+    upsert_project(engine, replace(persist_update(), commit_sha="b" * 40, display_name="Billing"), now=T0)
+
+    project = get_project(postgres_url, "billing-api")
+    assert project is not None
+    assert (project.commit_sha, project.display_name) == ("b" * 40, "Billing")
+
+
+def test_ready_at_is_set_once_when_the_project_first_becomes_ready(postgres_url: str) -> None:
+    engine = engine_for(postgres_url)
+    upsert_project(engine, persist_update(), now=T0)
+    became_ready = T0 + timedelta(minutes=2)
+
+    first = upsert_project(engine, finalize_update(ProjectStatus.READY, "Ready"), now=became_ready)
+    upsert_project(engine, finalize_update(ProjectStatus.FAILED, "broken"), now=became_ready + timedelta(1))
+    again = upsert_project(engine, finalize_update(ProjectStatus.READY, "Ready again"), now=became_ready + timedelta(2))
+
+    assert first.ready_at == became_ready
+    assert again.ready_at == became_ready
+    assert again.updated_at == became_ready + timedelta(2)
+
+
+def test_a_project_created_ready_gets_ready_at_on_insert(postgres_url: str) -> None:
+    summary = upsert_project(engine_for(postgres_url), replace(persist_update(), status=ProjectStatus.READY), now=T0)
+    assert summary.ready_at == T0
+
+
+def test_the_same_upsert_twice_leaves_one_identical_row(postgres_url: str) -> None:
+    engine = engine_for(postgres_url)
+    upsert_project(engine, persist_update(), now=T0)
+    first = get_project(postgres_url, "billing-api")
+
+    upsert_project(engine, persist_update(), now=T0 + timedelta(seconds=5))
+    second = get_project(postgres_url, "billing-api")
+
+    assert row_count(postgres_url, "billing-api") == 1
+    assert first is not None and second is not None
+    assert replace(second, updated_at=first.updated_at) == first
+    assert second.updated_at == T0 + timedelta(seconds=5)
+
+
+def test_concurrent_upserts_of_one_slug_end_in_one_row(postgres_url: str) -> None:
+    workers = 8
+    start = threading.Barrier(workers)
+    statuses = [ProjectStatus.PROVISIONING, ProjectStatus.READY]
+
+    def upsert_when_all_ready(worker: int) -> ProjectRecordSummary:
+        start.wait()
+        summary = None
+        for round_ in range(5):
+            status = statuses[(worker + round_) % 2]
+            summary = upsert_project(engine_for(postgres_url), replace(persist_update(), status=status))
+        assert summary is not None
+        return summary
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        summaries = list(pool.map(upsert_when_all_ready, range(workers), timeout=60))
+
+    assert {summary.slug for summary in summaries} == {"billing-api"}
+    assert row_count(postgres_url, "billing-api") == 1
+    project = get_project(postgres_url, "billing-api")
+    assert project is not None and project.ready_at is not None
+
+
+# ---- Errors ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        ProjectRecordUpdate(slug="Not A Slug", status=ProjectStatus.PENDING),
+        ProjectRecordUpdate(slug="billing-api", status="exploded"),  # type: ignore[arg-type]
+        replace(persist_update(), commit_sha="c" * 65),
+    ],
+    ids=["invalid-slug", "unknown-status", "too-long-commit"],
+)
+def test_a_record_that_can_never_be_stored_is_a_permanent_failure(
+    postgres_url: str, update: ProjectRecordUpdate
+) -> None:
+    with pytest.raises(ApplicationError) as caught:
+        upsert_project(engine_for(postgres_url), update)
+
+    assert caught.value.type == INVALID_RECORD_ERROR_TYPE
+    assert caught.value.non_retryable
+    with engine_for(postgres_url).connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM projects")).scalar_one() == 0
+
+
+def test_a_database_constraint_violation_is_a_permanent_failure(fresh_postgres_url: str) -> None:
+    migrate(fresh_postgres_url)
+    with engine_for(fresh_postgres_url).begin() as connection:
+        # A rule only the database knows, as a later migration might add one.
+        connection.execute(text("ALTER TABLE projects ADD CONSTRAINT no_prod CHECK (environment <> 'production')"))
+
+    with pytest.raises(ApplicationError) as caught:
+        upsert_project(engine_for(fresh_postgres_url), replace(persist_update(), environment="production"))
+
+    assert caught.value.type == INVALID_RECORD_ERROR_TYPE
+    assert caught.value.non_retryable
+    assert "no_prod" in caught.value.message
+
+
+def test_an_unreachable_database_raises_a_retryable_error_without_the_password() -> None:
+    url = f"postgresql+psycopg://provisioner:s3cret-pw@127.0.0.1:{closed_port()}/projects"
+    activities = RecordActivities(url)
+
+    with pytest.raises(OperationalError) as caught:
+        ActivityEnvironment().run(activities.upsert_project_record, persist_update())
+
+    assert not isinstance(caught.value, ApplicationError)
+    assert "s3cret-pw" not in str(caught.value)
+    assert "s3cret-pw" not in repr(caught.value)
+
+
+# ---- The activity ----------------------------------------------------------------------------------------------
+
+
+def test_the_activity_upserts_and_returns_a_serializable_summary(postgres_url: str) -> None:
+    activities = RecordActivities(postgres_url)
+    environment = ActivityEnvironment()
+    before = datetime.now(UTC)
+
+    environment.run(activities.upsert_project_record, persist_update())
+    summary = environment.run(activities.upsert_project_record, finalize_update(ProjectStatus.READY, "Ready"))
+
+    assert (summary.slug, summary.status) == ("billing-api", ProjectStatus.READY)
+    assert before <= summary.updated_at <= datetime.now(UTC)
+    assert summary.ready_at == summary.updated_at
+    project = get_project(postgres_url, "billing-api")
+    assert project is not None and project.commit_sha == "a" * 40 and project.last_message == "Ready"
+    # The result crosses the Temporal boundary through the pydantic data converter.
+    converter = pydantic_data_converter.payload_converter
+    [decoded] = converter.from_payloads(converter.to_payloads([summary]), [ProjectRecordSummary])
+    assert decoded == summary
+
+
+# ---- Readers ---------------------------------------------------------------------------------------------------
+
+
+def test_get_project_of_an_unknown_slug_is_none(postgres_url: str) -> None:
+    assert get_project(postgres_url, "nobody-here") is None
+
+
+def test_list_projects_pages_newest_first_and_filters_by_status(postgres_url: str) -> None:
+    engine = engine_for(postgres_url)
+    for minute, slug in enumerate(["alpha", "bravo", "charlie", "delta"]):
+        upsert_project(engine, persist_update(slug), now=T0 + timedelta(minutes=minute))
+    upsert_project(engine, finalize_update(ProjectStatus.READY, "Ready", slug="bravo"), now=T0 + timedelta(hours=1))
+
+    assert [p.slug for p in list_projects(postgres_url)] == ["delta", "charlie", "bravo", "alpha"]
+    assert [p.slug for p in list_projects(postgres_url, limit=2, offset=1)] == ["charlie", "bravo"]
+    assert [p.slug for p in list_projects(postgres_url, status=ProjectStatus.READY)] == ["bravo"]
+    assert [p.slug for p in list_projects(postgres_url, status="provisioning", offset=2)] == ["alpha"]
+    with pytest.raises(ValueError):
+        list_projects(postgres_url, limit=0)
+    with pytest.raises(ValueError):
+        list_projects(postgres_url, status="exploded")
+
+
+# ---- SQLite (the demo default) ---------------------------------------------------------------------------------
+
+
+def test_the_sqlite_path_supports_the_same_record_semantics(sqlite_url: str) -> None:
+    migrate(sqlite_url)
+    engine = engine_for(sqlite_url)
+
+    upsert_project(engine, persist_update(), now=T0)
+    upsert_project(engine, persist_update(), now=T0)
+    ready = upsert_project(engine, finalize_update(ProjectStatus.READY, "Ready"), now=T0 + timedelta(1))
+    upsert_project(engine, finalize_update(ProjectStatus.READY, "Still ready"), now=T0 + timedelta(2))
+
+    assert ready.ready_at == T0 + timedelta(1)
+    assert row_count(sqlite_url, "billing-api") == 1
+    [project] = list_projects(sqlite_url, status=ProjectStatus.READY)
+    assert (project.repo_url, project.commit_sha) == ("http://git.example/billing-api.git", "a" * 40)
+    assert (project.created_at, project.updated_at, project.ready_at) == (T0, T0 + timedelta(2), T0 + timedelta(1))
+    assert project.last_message == "Still ready"
+
+
+def test_concurrent_sqlite_activities_end_in_one_row(sqlite_url: str) -> None:
+    migrate(sqlite_url)
+    activities = RecordActivities(sqlite_url)
+    start = threading.Barrier(6)
+
+    def run_activity(_: int) -> ProjectRecordSummary:
+        start.wait()
+        return ActivityEnvironment().run(activities.upsert_project_record, persist_update())
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        summaries = list(pool.map(run_activity, range(6), timeout=60))
+
+    assert len(summaries) == 6
+    assert row_count(sqlite_url, "billing-api") == 1
