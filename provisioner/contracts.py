@@ -92,6 +92,7 @@ class ErrorType(StrEnum):
     KUSTOMIZE_PATH_MISSING = "KustomizePathMissing"
     REPOSITORY_CONFLICT = "RepositoryConflict"
     FLUX_STALLED = "FluxStalled"
+    CLUSTER_REJECTED = "ClusterRejected"  # the Kubernetes API refused a request no retry can fix (4xx)
 
 
 @dataclass(frozen=True)
