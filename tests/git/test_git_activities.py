@@ -1,0 +1,445 @@
+"""The git activities against a real `GitHttpServer` (token-protected pushes), verified by cloning with git."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+import activities.git as git_activities
+from activities.git import (
+    GitActivities,
+    GitOperationError,
+    LocalRepositoryProvider,
+    scrub_credentials,
+)
+from provisioner.contracts import ErrorType, ProjectSpec, PushRequest, PushResult, RepositoryInfo
+from provisioner.gitserver import GitHttpServer
+from provisioner.settings import Secret, Settings
+from provisioner.templating import RenderedTree, TemplateRenderFailed, tree_digest
+from tests.git.conftest import TOKEN, git, init_bare
+
+EXECUTABLE = "scripts/run.sh"
+
+
+def fake_render(spec: ProjectSpec, templates_dir: Path) -> RenderedTree:
+    """A stand-in template whose output depends on the parameters: `replicas`, `with_docs`, `extra_files`."""
+    files = {
+        "README.md": f"# {spec.display_name}\n".encode(),
+        "k8s/kustomization.yaml": b"resources:\n  - deployment.yaml\n",
+        "k8s/deployment.yaml": f"replicas: {spec.parameters.get('replicas', 1)}\n".encode(),
+        EXECUTABLE: b"#!/bin/sh\necho run\n",
+        # Bytes a work-tree based commit would alter: CRLF under `text=auto`, and an ignored file.
+        ".gitattributes": b"* text=auto\n",
+        ".gitignore": b"*.log\n",
+        "logs/keep.log": b"kept\r\nverbatim\r\n",
+    }
+    if spec.parameters.get("with_docs", True):
+        files["docs/guide.md"] = b"guide\n"
+    for index in range(int(spec.parameters.get("extra_files", 0))):
+        files[f"generated/part-{index % 20}/file-{index}.yaml"] = f"index: {index}\n".encode() + b"x" * 300 + b"\n"
+    executable = frozenset({EXECUTABLE})
+    return RenderedTree(
+        template=spec.template,
+        environment=spec.environment,
+        files=dict(sorted(files.items())),
+        kustomize_path="k8s",
+        digest=tree_digest(files, executable),
+        executable=executable,
+    )
+
+
+def make_spec(slug: str = "billing-api", **parameters: str | int | bool) -> ProjectSpec:
+    return ProjectSpec(slug=slug, display_name="Billing API", template="web-service", parameters=dict(parameters))
+
+
+def cloned_files(url: str, destination: Path, branch: str = "main") -> dict[str, bytes]:
+    git("clone", "-q", "--branch", branch, url, str(destination))
+    return {
+        path.relative_to(destination).as_posix(): path.read_bytes()
+        for path in destination.rglob("*")
+        if path.is_file() and ".git" not in path.relative_to(destination).parts
+    }
+
+
+def commit_count(url: str, workdir: Path) -> int:
+    if not workdir.exists():
+        git("clone", "-q", "--bare", url, str(workdir))
+    else:
+        git("fetch", "-q", url, "+refs/heads/*:refs/heads/*", cwd=workdir)
+    return int(git("rev-list", "--count", "main", cwd=workdir).stdout)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        templates_dir=tmp_path / "templates",
+        git_base_url="http://unused.invalid",
+        git_username="provisioner",
+        git_token=Secret(TOKEN),
+        git_author_name="Provisioner Bot",
+        git_author_email="bot@provisioner.test",
+    )
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[GitHttpServer]:
+    with GitHttpServer(settings.git_repos_dir, token=settings.git_token) as running:
+        yield running
+
+
+@pytest.fixture
+def live_settings(settings: Settings, server: GitHttpServer) -> Settings:
+    return replace(settings, git_base_url=server.base_url)
+
+
+@pytest.fixture
+def activities(live_settings: Settings) -> GitActivities:
+    return GitActivities(live_settings, render=fake_render)
+
+
+def push(activities: GitActivities, spec: ProjectSpec) -> tuple[RepositoryInfo, PushResult]:
+    repository = activities.create_repository(spec)
+    return repository, activities.push_template(PushRequest(spec=spec, repository=repository))
+
+
+# ---- create_repository ---------------------------------------------------------------------------------------
+
+
+def test_create_repository_creates_a_marked_bare_repository_once(
+    activities: GitActivities, live_settings: Settings
+) -> None:
+    first = activities.create_repository(make_spec())
+    assert first == RepositoryInfo(
+        name="billing-api",
+        clone_url=f"{live_settings.git_base_url}/billing-api.git",
+        default_branch="main",
+        created=True,
+    )
+    path = live_settings.git_repos_dir / "billing-api.git"
+    assert git("rev-parse", "--is-bare-repository", cwd=path).stdout.strip() == "true"
+    assert git("symbolic-ref", "HEAD", cwd=path).stdout.strip() == "refs/heads/main"
+    assert git("config", "--file", str(path / "config"), "provisioner.project").stdout.strip() == "billing-api"
+    assert git("config", "--file", str(path / "config"), "--bool", "provisioner.managed").stdout.strip() == "true"
+    assert "Billing API" in (path / "description").read_text()
+
+    second = activities.create_repository(make_spec())
+    assert second == replace(first, created=False)
+    assert sorted(p.name for p in live_settings.git_repos_dir.iterdir()) == ["billing-api.git"]  # no staging left
+
+
+def test_create_repository_through_the_activity_environment(activities: GitActivities) -> None:
+    env = ActivityEnvironment()
+    assert env.run(activities.create_repository, make_spec()).created is True
+    assert env.run(activities.create_repository, make_spec()).created is False
+
+
+def test_an_existing_unmarked_repository_is_a_non_retryable_conflict(
+    activities: GitActivities, live_settings: Settings
+) -> None:
+    live_settings.git_repos_dir.mkdir(parents=True, exist_ok=True)
+    init_bare(live_settings.git_repos_dir / "billing-api.git")
+    with pytest.raises(ApplicationError) as caught:
+        activities.create_repository(make_spec())
+    assert caught.value.type == ErrorType.REPOSITORY_CONFLICT
+    assert caught.value.non_retryable
+    assert "not managed by provisioner" in str(caught.value)
+
+
+def test_another_projects_repository_is_a_non_retryable_conflict(
+    activities: GitActivities, live_settings: Settings
+) -> None:
+    activities.create_repository(make_spec("other-app"))
+    # Someone copied other-app's repository to billing-api's name: the marker still says other-app.
+    repos = live_settings.git_repos_dir
+    (repos / "other-app.git").rename(repos / "billing-api.git")
+    with pytest.raises(ApplicationError) as caught:
+        ActivityEnvironment().run(activities.create_repository, make_spec())
+    assert caught.value.type == ErrorType.REPOSITORY_CONFLICT
+    assert caught.value.non_retryable
+    assert "belongs to project 'other-app'" in str(caught.value)
+
+
+def test_a_non_repository_in_the_way_is_a_conflict(activities: GitActivities, live_settings: Settings) -> None:
+    live_settings.git_repos_dir.mkdir(parents=True, exist_ok=True)
+    (live_settings.git_repos_dir / "billing-api.git").write_text("not a directory")
+    with pytest.raises(ApplicationError) as caught:
+        activities.create_repository(make_spec())
+    assert caught.value.type == ErrorType.REPOSITORY_CONFLICT
+
+
+def test_an_invalid_slug_never_touches_the_file_system(activities: GitActivities, live_settings: Settings) -> None:
+    with pytest.raises(ApplicationError) as caught:
+        activities.create_repository(make_spec("../escape"))
+    assert caught.value.type == ErrorType.INVALID_INPUT
+    assert caught.value.non_retryable
+    assert not (live_settings.data_dir / "escape.git").exists()
+
+
+def test_concurrent_creation_creates_the_repository_exactly_once(
+    activities: GitActivities, live_settings: Settings
+) -> None:
+    barrier = threading.Barrier(8)
+
+    def create(_: int) -> bool:
+        barrier.wait()
+        return activities.create_repository(make_spec()).created
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(create, range(8)))
+    assert results.count(True) == 1
+    assert sorted(p.name for p in live_settings.git_repos_dir.iterdir()) == ["billing-api.git"]
+
+
+# ---- push_template -------------------------------------------------------------------------------------------
+
+
+def test_push_commits_exactly_the_rendered_tree(activities: GitActivities, tmp_path: Path) -> None:
+    spec = make_spec(replicas=3)
+    repository, result = push(activities, spec)
+
+    assert result.pushed is True
+    assert result.branch == "main"
+    assert len(result.commit_sha) == 40
+    clone = tmp_path / "clone"
+    assert cloned_files(repository.clone_url, clone) == fake_render(spec, tmp_path).files  # byte for byte
+    assert git("rev-parse", "HEAD", cwd=clone).stdout.strip() == result.commit_sha
+    assert git("rev-list", "--count", "HEAD", cwd=clone).stdout.strip() == "1"
+    log_line = git("log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", cwd=clone).stdout.strip()
+    assert log_line == (
+        "Provisioner Bot <bot@provisioner.test>|Provisioner Bot <bot@provisioner.test>|"
+        "Render template web-service for project billing-api"
+    )
+    modes = dict(
+        (line.split("\t")[1], line.split()[0]) for line in git("ls-tree", "-r", "HEAD", cwd=clone).stdout.splitlines()
+    )
+    assert modes[EXECUTABLE] == "100755"
+    assert modes["README.md"] == "100644"
+
+
+def test_pushing_the_same_spec_again_returns_the_same_commit(activities: GitActivities, tmp_path: Path) -> None:
+    spec = make_spec()
+    repository, first = push(activities, spec)
+    second = ActivityEnvironment().run(activities.push_template, PushRequest(spec=spec, repository=repository))
+    assert second == PushResult(commit_sha=first.commit_sha, branch="main", pushed=False)
+    assert commit_count(repository.clone_url, tmp_path / "bare") == 1
+
+
+def test_changed_parameters_make_a_new_commit_that_removes_deleted_files(
+    activities: GitActivities, tmp_path: Path
+) -> None:
+    repository, first = push(activities, make_spec(replicas=1, with_docs=True))
+    changed = make_spec(replicas=5, with_docs=False)
+    second = activities.push_template(PushRequest(spec=changed, repository=repository))
+
+    assert second.pushed is True
+    assert second.commit_sha != first.commit_sha
+    clone = tmp_path / "clone"
+    files = cloned_files(repository.clone_url, clone)
+    assert files == fake_render(changed, tmp_path).files
+    assert "docs/guide.md" not in files
+    assert git("rev-parse", "HEAD~1", cwd=clone).stdout.strip() == first.commit_sha
+    diff = git("diff", "--name-status", "HEAD~1", "HEAD", cwd=clone).stdout.split("\n")
+    assert sorted(line for line in diff if line) == ["D\tdocs/guide.md", "M\tk8s/deployment.yaml"]
+
+
+def test_a_branch_that_moved_during_the_push_is_re_evaluated(
+    activities: GitActivities, live_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Another worker pushes the same tree between our clone and our push: we adopt its commit."""
+    spec = make_spec()
+    repository = activities.create_repository(spec)
+    request = PushRequest(spec=spec, repository=repository)
+    real_store_tree = git_activities._store_tree
+    competitor: list[PushResult] = []
+
+    def store_tree_while_a_competitor_pushes(workdir: Path, tree: RenderedTree) -> str:
+        if not competitor:
+            competitor.append(PushResult("", "", False))  # guards the nested call
+            competitor[0] = GitActivities(live_settings, render=fake_render).push_template(request)
+        return real_store_tree(workdir, tree)
+
+    monkeypatch.setattr(git_activities, "_store_tree", store_tree_while_a_competitor_pushes)
+    result = activities.push_template(request)
+
+    assert competitor[0].pushed is True
+    assert result == PushResult(commit_sha=competitor[0].commit_sha, branch="main", pushed=False)
+    assert commit_count(repository.clone_url, tmp_path / "bare") == 1
+
+
+def test_a_foreign_commit_pushed_meanwhile_is_built_upon(
+    activities: GitActivities, live_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    spec = make_spec(replicas=2)
+    repository = activities.create_repository(spec)
+    real_store_tree = git_activities._store_tree
+    competitor: list[PushResult] = []
+
+    def store_tree_while_a_competitor_pushes(workdir: Path, tree: RenderedTree) -> str:
+        if not competitor:
+            competitor.append(PushResult("", "", False))
+            other = PushRequest(spec=make_spec(replicas=9), repository=repository)
+            competitor[0] = GitActivities(live_settings, render=fake_render).push_template(other)
+        return real_store_tree(workdir, tree)
+
+    monkeypatch.setattr(git_activities, "_store_tree", store_tree_while_a_competitor_pushes)
+    result = activities.push_template(PushRequest(spec=spec, repository=repository))
+
+    assert result.pushed is True
+    clone = tmp_path / "clone"
+    assert cloned_files(repository.clone_url, clone) == fake_render(spec, tmp_path).files
+    assert git("rev-parse", "HEAD~1", cwd=clone).stdout.strip() == competitor[0].commit_sha
+    assert git("rev-parse", "HEAD", cwd=clone).stdout.strip() == result.commit_sha
+
+
+def test_concurrent_pushes_of_the_same_spec_agree_on_one_commit(
+    activities: GitActivities, live_settings: Settings, tmp_path: Path
+) -> None:
+    spec = make_spec()
+    repository = activities.create_repository(spec)
+    barrier = threading.Barrier(4)
+
+    def push_concurrently(_: int) -> PushResult:
+        barrier.wait()
+        worker = GitActivities(live_settings, render=fake_render)  # as if on another worker
+        return worker.push_template(PushRequest(spec=spec, repository=repository))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(push_concurrently, range(4)))
+    assert len({result.commit_sha for result in results}) == 1
+    assert commit_count(repository.clone_url, tmp_path / "bare") == 1
+
+
+def test_credentials_never_appear_in_errors_or_logs(
+    live_settings: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    encoded = base64.b64encode(f"provisioner:{TOKEN}".encode()).decode()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    caplog.set_level(logging.DEBUG)
+    spec = make_spec()
+    GitActivities(live_settings, render=fake_render).create_repository(spec)
+
+    def failure(settings: Settings) -> GitOperationError:
+        acts = GitActivities(settings, render=fake_render)
+        repository = acts.create_repository(spec)
+        with pytest.raises(GitOperationError) as caught:
+            ActivityEnvironment().run(acts.push_template, PushRequest(spec=spec, repository=repository))
+        return caught.value
+
+    # Nothing listens on the port: the clone fails with the URL in git's message.
+    unreachable = failure(replace(live_settings, git_base_url="http://127.0.0.1:9"))
+    # The server answers 401 to a wrong token.
+    rejected = failure(replace(live_settings, git_token=Secret("wrong-" + TOKEN)))
+
+    assert "127.0.0.1:9" in str(unreachable)
+    assert "exit status" in str(rejected)
+    for error in (unreachable, rejected):
+        assert error.__cause__ is None
+        rendered = "".join(traceback.format_exception(error)) + repr(error)
+        for secret in (TOKEN, encoded, "wrong-"):
+            assert secret not in rendered
+    # ...nor anywhere in the logs, GitPython's DEBUG command lines included.
+    GitActivities(live_settings, render=fake_render).push_template(
+        PushRequest(spec=spec, repository=LocalRepositoryProvider(live_settings).ensure_repository(spec.slug, ""))
+    )
+    assert "Popen(" in caplog.text  # GitPython did log its command lines...
+    assert TOKEN not in caplog.text
+    assert encoded not in caplog.text
+    assert list(scratch.iterdir()) == []  # temp clones removed after failures and successes alike
+
+
+def test_scrub_credentials() -> None:
+    text = "fatal: unable to access 'https://bot:s3cr%2Ft@git.example.com/x.git/': 403"
+    assert scrub_credentials(text) == "fatal: unable to access 'https://***@git.example.com/x.git/': 403"
+    assert scrub_credentials("token s3cr in stderr", ["s3cr"]) == "token *** in stderr"
+
+
+def test_pushes_without_a_token_to_an_open_server(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "open", templates_dir=tmp_path)
+    with GitHttpServer(settings.git_repos_dir) as open_server:
+        settings = replace(settings, git_base_url=open_server.base_url)
+        repository, result = push(GitActivities(settings, render=fake_render), make_spec())
+        assert result.pushed
+        assert cloned_files(repository.clone_url, tmp_path / "clone") == fake_render(make_spec(), tmp_path).files
+
+
+def test_template_errors_are_non_retryable(live_settings: Settings) -> None:
+    def broken_render(spec: ProjectSpec, templates_dir: Path) -> RenderedTree:
+        raise TemplateRenderFailed("template 'web-service': files/x.yaml line 3: unexpected '}'")
+
+    def escaping_render(spec: ProjectSpec, templates_dir: Path) -> RenderedTree:
+        tree = fake_render(spec, templates_dir)
+        return replace(tree, files={**tree.files, "../outside.txt": b"x"})
+
+    spec = make_spec()
+    repository = GitActivities(live_settings).create_repository(spec)
+    for render, fragment in ((broken_render, "unexpected"), (escaping_render, "unsafe path")):
+        with pytest.raises(ApplicationError) as caught:
+            GitActivities(live_settings, render=render).push_template(PushRequest(spec=spec, repository=repository))
+        assert caught.value.type == ErrorType.TEMPLATE_RENDER_FAILED
+        assert caught.value.non_retryable
+        assert fragment in str(caught.value)
+
+
+def test_the_default_renderer_is_the_real_template_engine(live_settings: Settings, tmp_path: Path) -> None:
+    template = live_settings.templates_dir / "tiny"
+    (template / "files").mkdir(parents=True)
+    (template / "template.yaml").write_text(
+        "name: tiny\n"
+        "description: A tiny test template.\n"
+        "parameters:\n"
+        "  greeting:\n"
+        "    type: string\n"
+        "    default: hello\n"
+        "environments:\n"
+        "  development:\n"
+        "    kustomize_path: .\n"
+    )
+    (template / "files" / "kustomization.yaml").write_text("resources:\n  - configmap.yaml\n")
+    (template / "files" / "configmap.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ project.slug }}\ndata:\n"
+        "  greeting: {{ params.greeting }}\n"
+    )
+    spec = ProjectSpec(slug="tiny-app", display_name="Tiny", template="tiny", parameters={"greeting": "hi"})
+    repository, result = push(GitActivities(live_settings), spec)
+
+    assert result.pushed
+    files = cloned_files(repository.clone_url, tmp_path / "clone")
+    assert set(files) == {"kustomization.yaml", "configmap.yaml"}
+    assert b"name: tiny-app" in files["configmap.yaml"]
+    assert b"greeting: hi" in files["configmap.yaml"]
+
+
+def test_a_thousand_file_tree_pushes_quickly(activities: GitActivities, tmp_path: Path) -> None:
+    spec = make_spec(extra_files=1000)
+    repository = activities.create_repository(spec)
+    request = PushRequest(spec=spec, repository=repository)
+
+    started = time.monotonic()
+    first = activities.push_template(request)
+    first_seconds = time.monotonic() - started
+    started = time.monotonic()
+    again = activities.push_template(request)
+    again_seconds = time.monotonic() - started
+    print(
+        f"\npush_template of {len(fake_render(spec, tmp_path).files)} files: {first_seconds:.2f} s; "
+        f"unchanged re-run: {again_seconds:.2f} s"
+    )
+
+    assert first.pushed and not again.pushed and again.commit_sha == first.commit_sha
+    assert len(cloned_files(repository.clone_url, tmp_path / "clone")) == len(fake_render(spec, tmp_path).files)
+    assert first_seconds < 15
