@@ -183,17 +183,23 @@ class FluxActivities:
             return cast(dict[str, Any], api_client.sanitize_for_serialization(namespace))  # type: ignore[no-untyped-call]
         group, version = manifest["apiVersion"].split("/")
         plural = {"GitRepository": GIT_REPOSITORIES, "Kustomization": KUSTOMIZATIONS}[manifest["kind"]]
-        applied = kube.CustomObjectsApi(api_client).patch_namespaced_custom_object(
+        custom = kube.CustomObjectsApi(api_client)
+        namespace, name = metadata["namespace"], metadata["name"]
+        applied = custom.patch_namespaced_custom_object(
             group,
             version,
-            metadata["namespace"],
+            namespace,
             plural,
-            metadata["name"],
+            name,
             manifest,
             field_manager=manager,
             force=True,
             _content_type=APPLY_CONTENT_TYPE,
         )
+        if applied is None:
+            # The client maps only 200 for this call; an apply that created the object answers 201 with no body
+            # the client will decode, so read back what the server stored.
+            applied = custom.get_namespaced_custom_object(group, version, namespace, plural, name)
         return cast(dict[str, Any], applied)
 
     @activity.defn(name="check_flux_readiness")

@@ -1,0 +1,329 @@
+"""The `provisioner` command line: run the embedded stack, a worker, and create or inspect projects."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+
+from provisioner.client import ProvisionerClient
+from provisioner.contracts import (
+    DEFAULT_ENVIRONMENT,
+    DEFAULT_READY_TIMEOUT,
+    ParameterValue,
+    Progress,
+    ProjectSpec,
+    ProjectStatus,
+    provisioning_workflow_id,
+)
+from provisioner.progress_view import render_progress
+from provisioner.settings import Settings
+
+console = Console()
+T = TypeVar("T")
+
+DEMO_SLUG = "demo-web"
+
+
+class CliError(click.ClickException):
+    """One clear line for the user; the traceback only with --debug."""
+
+
+def async_command(function: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        return asyncio.run(function(*args, **kwargs))
+
+    return wrapper
+
+
+def parse_parameters(pairs: tuple[str, ...]) -> dict[str, ParameterValue]:
+    """`-p replicas=2 -p public=true`: values are typed as YAML scalars would be (int, float, bool, else string)."""
+    parameters: dict[str, ParameterValue] = {}
+    for pair in pairs:
+        name, separator, raw = pair.partition("=")
+        if not separator:
+            raise CliError(f"parameter {pair!r} must look like name=value")
+        parameters[name] = _scalar(raw)
+    return parameters
+
+
+def _scalar(raw: str) -> ParameterValue:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for convert in (int, float):
+        try:
+            return convert(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+async def watch_live(pclient: ProvisionerClient, slug: str) -> Progress:
+    """Redraw the progress on every change until the run reaches a terminal state."""
+    last: Progress | None = None
+    with Live(console=console, refresh_per_second=8, transient=False) as live:
+        async for progress in pclient.watch(slug):
+            last = progress
+            live.update(render_progress(progress, datetime.now(UTC)))
+    console.print()
+    if last is None:
+        raise CliError(f"no progress for {slug}")
+    return last
+
+
+async def create_and_watch(pclient: ProvisionerClient, spec: ProjectSpec) -> Progress:
+    from provisioner.client import InvalidRequest, ProjectConflict
+
+    try:
+        await pclient.start(spec)
+    except (InvalidRequest, ProjectConflict) as error:
+        raise CliError(str(error)) from None
+    progress = await watch_live(pclient, spec.slug)
+    if progress.status is ProjectStatus.FAILED:
+        try:
+            await pclient.wait(spec.slug)
+        except WorkflowFailureError as failure:
+            cause = failure.cause
+            reason = cause.message if isinstance(cause, ApplicationError) else str(cause)
+            raise CliError(f"provisioning {spec.slug} failed: {reason}") from None
+        raise CliError(f"provisioning {spec.slug} failed: {progress.message}")
+    return progress
+
+
+def _spec_from_options(
+    slug: str,
+    name: str | None,
+    template: str,
+    params: tuple[str, ...],
+    environment: str,
+    wait: bool,
+    ready_timeout: float,
+) -> ProjectSpec:
+    return ProjectSpec(
+        slug=slug,
+        display_name=name or slug,
+        template=template,
+        parameters=parse_parameters(params),
+        environment=environment,
+        wait_for_ready=wait,
+        ready_timeout=timedelta(seconds=ready_timeout),
+    )
+
+
+@click.group()
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Provision projects: Git repository, template, record and Flux resources, on a durable Temporal workflow."""
+    ctx.obj = {"debug": debug}
+
+
+def project_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    decorators = [
+        click.option("--name", help="Display name (default: the slug)."),
+        click.option("--template", "-t", default="web-service", show_default=True),
+        click.option("--param", "-p", "params", multiple=True, help="Template parameter name=value (repeatable)."),
+        click.option("--environment", "-e", default=DEFAULT_ENVIRONMENT, show_default=True),
+        click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until Flux reports Ready."),
+        click.option(
+            "--ready-timeout",
+            type=float,
+            default=DEFAULT_READY_TIMEOUT.total_seconds(),
+            show_default=True,
+            help="Seconds to wait for Ready (max 1800).",
+        ),
+    ]
+    for decorate in reversed(decorators):
+        function = decorate(function)
+    return function
+
+
+@cli.command()
+@click.argument("slug")
+@project_options
+@async_command
+async def create(
+    slug: str,
+    name: str | None,
+    template: str,
+    params: tuple[str, ...],
+    environment: str,
+    wait: bool,
+    ready_timeout: float,
+) -> None:
+    """Provision SLUG and show its progress live (against the configured Temporal)."""
+    from provisioner.temporal import connect
+
+    settings = Settings.from_env()
+    pclient = ProvisionerClient(await connect(settings), settings.task_queue)
+    spec = _spec_from_options(slug, name, template, params, environment, wait, ready_timeout)
+    progress = await create_and_watch(pclient, spec)
+    console.print(f"[bold]{slug}[/]: {progress.status.value}: {progress.message}")
+    if progress.status is ProjectStatus.NOT_READY:
+        sys.exit(3)
+
+
+@cli.command()
+@click.argument("slug")
+@async_command
+async def status(slug: str) -> None:
+    """Show the progress of SLUG's provisioning run."""
+    from provisioner.temporal import connect
+
+    settings = Settings.from_env()
+    pclient = ProvisionerClient(await connect(settings), settings.task_queue)
+    try:
+        progress = await pclient.progress(slug)
+    except Exception as error:
+        raise CliError(f"no provisioning run for {slug}: {error}") from None
+    console.print(render_progress(progress, datetime.now(UTC)))
+
+
+@cli.command()
+def worker() -> None:
+    """Run a worker against the configured Temporal, database, Git host and cluster."""
+    import worker as worker_module
+
+    worker_module.main()
+
+
+@cli.command()
+@click.option("--slug", default=DEMO_SLUG, show_default=True)
+@click.option("--template", "-t", default="web-service", show_default=True)
+@click.option("--param", "-p", "params", multiple=True, default=("owner=platform-team",), show_default=True)
+@async_command
+async def demo(slug: str, template: str, params: tuple[str, ...]) -> None:
+    """Start the embedded stack, provision one project with live progress, show what was made, and stop."""
+    from provisioner.sandbox.cluster import FluxSimulatorConfig
+    from provisioner.stack import EmbeddedStack
+
+    settings = Settings.from_env()
+    log_file = _log_to_file(settings.data_dir)
+    console.print(f"Logs of the worker and the embedded services: {log_file}")
+    # The simulator answers after a short pause so that the wait for Ready is visible, as it is on a real cluster.
+    async with EmbeddedStack(settings, flux=FluxSimulatorConfig(reconcile_delay=1.0)) as stack:
+        _print_urls(stack)
+        assert stack.client is not None
+        pclient = ProvisionerClient(stack.client, stack.settings.task_queue)
+        spec = _spec_from_options(slug, f"Demo {slug}", template, params, DEFAULT_ENVIRONMENT, True, 120.0)
+        started = datetime.now(UTC)
+        progress = await create_and_watch(pclient, spec)
+        elapsed = (datetime.now(UTC) - started).total_seconds()
+        await asyncio.to_thread(_print_outcome, stack, slug, elapsed)
+    if progress.status is not ProjectStatus.READY:
+        raise CliError(f"{slug} ended {progress.status.value}: {progress.message}")
+
+
+@cli.command()
+@async_command
+async def up() -> None:
+    """Run the embedded stack (Temporal + UI, Git server, sandbox cluster with Flux simulator, worker) until Ctrl-C.
+
+    It uses the same data directory as `demo`, so earlier runs, repositories, records and cluster objects are back.
+    """
+    from provisioner.stack import EmbeddedStack
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    settings = Settings.from_env()
+    console.print(f"Logs: {_log_to_file(settings.data_dir)}")
+    async with EmbeddedStack(settings) as stack:
+        _print_urls(stack)
+        console.print("[bold]Running.[/] Press Ctrl-C to stop.")
+        await stop.wait()
+        console.print("stopping…")
+
+
+def _log_to_file(data_dir: Path) -> Path:
+    """Keep the live progress readable: the services' and the worker's logs go to a file in the data directory."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = data_dir / "provisioner.log"
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    return log_file
+
+
+def _print_urls(stack: Any) -> None:
+    settings = stack.settings
+    table = Table(title="Embedded stack (sandbox cluster with a Flux simulator)", show_header=False)
+    table.add_row("Temporal UI", stack.ui_url)
+    table.add_row("Temporal server", settings.temporal_address)
+    table.add_row("Git server", settings.git_base_url)
+    table.add_row("Sandbox Kubernetes API", stack.cluster.url if stack.cluster else "-")
+    table.add_row("KUBECONFIG", settings.kubeconfig or "-")
+    table.add_row("Database", _redacted(settings.effective_database_url))
+    table.add_row("Data directory", str(settings.data_dir))
+    console.print(table)
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _print_outcome(stack: Any, slug: str, elapsed: float) -> None:
+    """What was really made, read back from each system rather than from the workflow's own account."""
+    from activities.records import get_project
+
+    settings = stack.settings
+    record = get_project(settings.effective_database_url, slug)
+    if record is None or not record.repo_url:
+        raise CliError(f"no database record for {slug}")
+    from kubernetes import client as kube
+
+    found = kube.CustomObjectsApi(stack.cluster.api_client()).get_namespaced_custom_object(
+        "kustomize.toolkit.fluxcd.io", "v1", slug, "kustomizations", slug
+    )
+    kustomization = cast(dict[str, Any], found)
+    ready = next(c for c in kustomization["status"]["conditions"] if c["type"] == "Ready")
+    head = subprocess.run(
+        ["git", "ls-remote", record.repo_url, "refs/heads/main"], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+
+    table = Table(title=f"Project {slug}", show_header=False)
+    table.add_row("Repository", record.repo_url)
+    table.add_row("Commit (branch main)", head)
+    table.add_row("Record status", record.status)
+    table.add_row("Namespace", record.namespace)
+    table.add_row("Kustomization Ready", f"{ready['status']} ({ready['reason']}): {ready['message']}")
+    table.add_row("Provisioning took", f"{elapsed:.1f} s")
+    console.print(table)
+    console.print(f"The run in the Temporal UI: {stack.workflow_url(provisioning_workflow_id(slug))}", soft_wrap=True)
+    console.print(
+        "Bring the stack and the UI back up on this data with [bold]make up[/] (or `.venv/bin/provisioner up`)."
+    )
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except Exception as error:
+        if debug:
+            raise
+        console.print(f"[bold red]error:[/] {type(error).__name__}: {error}")
+        sys.exit(1)

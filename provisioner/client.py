@@ -1,0 +1,112 @@
+"""ProvisionerClient: what a backend uses to start provisioning runs and watch their progress."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from datetime import timedelta
+
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError
+
+from provisioner.contracts import (
+    TERMINAL_STATUSES,
+    FieldError,
+    Progress,
+    ProjectSpec,
+    ProvisioningResult,
+    provisioning_workflow_id,
+    validate_spec,
+)
+from workflows.project_init import ProjectInitWorkflow
+
+ProvisioningHandle = WorkflowHandle[ProjectInitWorkflow, ProvisioningResult]
+
+
+class InvalidRequest(ValueError):
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("invalid project request: " + "; ".join(map(str, errors)))
+        self.errors = errors
+
+
+class ProjectConflict(Exception):
+    """The slug is already being provisioned with a different spec."""
+
+
+class ProvisionerClient:
+    def __init__(self, client: Client, task_queue: str) -> None:
+        self._client = client
+        self._task_queue = task_queue
+
+    async def start(self, spec: ProjectSpec) -> ProvisioningHandle:
+        """Start provisioning, or return the run already provisioning this same spec.
+
+        The workflow id is derived from the slug, and the server enforces one running workflow per id: starting the
+        same project twice attaches to the existing run instead of running two provisionings.
+        """
+        errors = validate_spec(spec)
+        if errors:
+            raise InvalidRequest(errors)
+        handle: ProvisioningHandle = await self._client.start_workflow(
+            ProjectInitWorkflow.run,
+            spec,
+            id=provisioning_workflow_id(spec.slug),
+            task_queue=self._task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            static_summary=f"Provision {spec.slug} from template {spec.template}",
+            static_details=(
+                f"**{spec.display_name}** (`{spec.slug}`), template `{spec.template}`, "
+                f"environment `{spec.environment}`, wait for Ready: {spec.wait_for_ready}"
+            ),
+        )
+        running_spec = await self._running_spec(handle)
+        if running_spec is not None and asdict(running_spec) != asdict(spec):
+            raise ProjectConflict(
+                f"project {spec.slug!r} is already being provisioned with a different request (run {handle.run_id})"
+            )
+        return handle
+
+    async def _running_spec(self, handle: ProvisioningHandle) -> ProjectSpec | None:
+        """The spec the current run was started with (the history's first event)."""
+        async for event in handle.fetch_history_events():
+            attributes = event.workflow_execution_started_event_attributes
+            payloads = list(attributes.input.payloads)
+            if not payloads:
+                return None
+            decoded = await self._client.data_converter.decode(payloads, [ProjectSpec])
+            spec = decoded[0]
+            return spec if isinstance(spec, ProjectSpec) else None
+        return None
+
+    def handle(self, slug: str) -> ProvisioningHandle:
+        return self._client.get_workflow_handle_for(ProjectInitWorkflow.run, provisioning_workflow_id(slug))
+
+    async def progress(self, slug: str) -> Progress:
+        return await self.handle(slug).query(ProjectInitWorkflow.progress)
+
+    async def watch(self, slug: str, interval: timedelta = timedelta(milliseconds=250)) -> AsyncIterator[Progress]:
+        """Yield the progress each time it changes, ending with the terminal state."""
+        handle = self.handle(slug)
+        last: Progress | None = None
+        while True:
+            try:
+                progress = await handle.query(ProjectInitWorkflow.progress)
+            except RPCError:
+                # The run may be between tasks right after start; its status decides whether to keep trying.
+                description = await handle.describe()
+                if description.status != WorkflowExecutionStatus.RUNNING:
+                    raise
+                await asyncio.sleep(interval.total_seconds())
+                continue
+            if progress != last:
+                yield progress
+                last = progress
+            if progress.status in TERMINAL_STATUSES:
+                return
+            await asyncio.sleep(interval.total_seconds())
+
+    async def wait(self, slug: str) -> ProvisioningResult:
+        return await self.handle(slug).result()

@@ -1,0 +1,93 @@
+"""The provisioner worker: the entry point of the whole story.
+
+worker.py registers the workflows (workflows/) and the activities (activities/, one module per external system)
+on one task queue. Activities are synchronous and run on a thread pool whose size is the worker's activity slot
+count, so a slot always has a thread. SIGTERM and SIGINT drain the worker gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.flux import FluxActivities
+from activities.git import GitActivities
+from activities.records import RecordActivities
+from activities.template import TemplateActivities
+from provisioner.db.engine import migrate
+from provisioner.settings import Settings
+from provisioner.temporal import connect
+from workflows.project_init import ProjectInitWorkflow
+
+log = logging.getLogger("provisioner.worker")
+
+WORKFLOWS: Sequence[type] = [ProjectInitWorkflow]
+
+
+def build_activities(settings: Settings) -> list[Callable[..., Any]]:
+    templates = TemplateActivities(settings.templates_dir)
+    git = GitActivities(settings)
+    records = RecordActivities(settings.effective_database_url)
+    flux = FluxActivities(settings)
+    return [
+        templates.validate_template,
+        git.create_repository,
+        git.push_template,
+        records.upsert_project_record,
+        flux.apply_flux_resources,
+        flux.check_flux_readiness,
+    ]
+
+
+def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecutor) -> Worker:
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=build_activities(settings),
+        activity_executor=executor,
+        # One slot per thread: a slot without a thread would queue activities inside the worker, invisibly.
+        max_concurrent_activities=settings.activity_threads,
+        graceful_shutdown_timeout=timedelta(seconds=20),
+    )
+
+
+async def run_worker(settings: Settings, client: Client | None = None, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set, then finish in-flight activities and return."""
+    await asyncio.to_thread(migrate, settings.effective_database_url)
+    client = client or await connect(settings)
+    stop = stop or asyncio.Event()
+    with ThreadPoolExecutor(max_workers=settings.activity_threads, thread_name_prefix="activity") as executor:
+        worker = build_worker(client, settings, executor)
+        log.info(
+            "worker polling task queue %r with %d activity threads", settings.task_queue, settings.activity_threads
+        )
+        async with worker:
+            await stop.wait()
+            log.info("shutting down: finishing in-flight activities")
+
+
+async def serve(settings: Settings) -> None:
+    """The worker process: runs until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await run_worker(settings, stop=stop)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(Settings.from_env()))
+
+
+if __name__ == "__main__":
+    main()
