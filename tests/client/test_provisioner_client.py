@@ -1,0 +1,52 @@
+"""ProvisionerClient against a real Temporal dev server: one provisioning per slug, conflicts, bad input."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from provisioner.client import InvalidRequest, ProjectConflict, ProvisionerClient
+from provisioner.contracts import ProjectSpec
+
+
+def spec(slug: str, **overrides: object) -> ProjectSpec:
+    values: dict[str, object] = {"slug": slug, "display_name": "Shop", "template": "web-service"}
+    values.update(overrides)
+    return ProjectSpec(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def client(local_env: WorkflowEnvironment) -> ProvisionerClient:
+    # No worker polls this queue, so started runs stay running for the test to look at.
+    return ProvisionerClient(local_env.client, task_queue=f"idle-{uuid.uuid4().hex[:8]}")
+
+
+async def test_starting_the_same_project_twice_attaches_to_the_running_provisioning(client: ProvisionerClient) -> None:
+    slug = f"dup-{uuid.uuid4().hex[:6]}"
+    first = await client.start(spec(slug))
+    second = await client.start(spec(slug))
+    assert first.id == second.id == f"project-init-{slug}"
+    assert first.result_run_id == second.result_run_id
+    description = await client.handle(slug).describe()
+    assert description.status == WorkflowExecutionStatus.RUNNING
+    await client.handle(slug).terminate("test cleanup")
+
+
+async def test_the_same_slug_with_a_different_spec_is_a_conflict(client: ProvisionerClient) -> None:
+    slug = f"conflict-{uuid.uuid4().hex[:6]}"
+    await client.start(spec(slug))
+    with pytest.raises(ProjectConflict, match=slug):
+        await client.start(spec(slug, display_name="Another shop"))
+    await client.handle(slug).terminate("test cleanup")
+
+
+async def test_invalid_requests_start_nothing(client: ProvisionerClient) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        await client.start(spec("Not_A_Slug", template="../etc"))
+    assert {error.field for error in raised.value.errors} == {"slug", "template"}
+    with pytest.raises(RPCError):
+        await client.handle("Not_A_Slug").describe()
