@@ -1,0 +1,339 @@
+"""The flux simulator against a real git smart-HTTP server, observed through the official kubernetes client."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from provisioner.sandbox import FluxSimulatorConfig, SandboxCluster
+from provisioner.sandbox.flux_simulator import go_duration, parse_duration
+from tests.sandbox.conftest import FLUX_KUSTOMIZE, FLUX_SOURCE, GitServer, Kube, wait_for
+
+OVERLAY = "k8s/overlays/development"
+DEPLOYMENT = """apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 1
+"""
+GOOD_TREE = {
+    f"{OVERLAY}/kustomization.yaml": "resources:\n  - ../../base\n",
+    "k8s/base/kustomization.yaml": "resources:\n  - deployment.yaml\n",
+    "k8s/base/deployment.yaml": DEPLOYMENT,
+}
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
+
+
+def provision(kube: Kube, namespace: str, url: str, path: str = f"./{OVERLAY}", **ks_spec: Any) -> None:
+    """What the project's flux activity does: namespace, GitRepository and Kustomization by server-side apply."""
+    kube.create_namespace(namespace)
+    source = {
+        "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+        "metadata": {"name": namespace, "namespace": namespace},
+        "spec": {"interval": "1m", "url": url, "ref": {"branch": "main"}},
+    }
+    ks = {
+        "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": namespace, "namespace": namespace},
+        "spec": {"interval": "5m", "prune": True, "path": path, "targetNamespace": namespace,
+                 "sourceRef": {"kind": "GitRepository", "name": namespace}, **ks_spec},
+    }
+    for body, gvp in ((source, FLUX_SOURCE), (ks, FLUX_KUSTOMIZE)):
+        kube.patch(gvp, namespace, namespace, body, field_manager="provisioner", force=True,
+                   _content_type="application/apply-patch+yaml")
+
+
+def wait_ready(kube: Kube, gvp: tuple[str, str, str], namespace: str, name: str,
+               status: str = "True", reason: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        obj = kube.get(gvp, namespace, name)
+        ready = condition(obj, "Ready")
+        if ready and ready["status"] == status and (reason is None or ready["reason"] == reason):
+            return obj
+        return None
+
+    return wait_for(probe, timeout, what=f"{name} Ready={status} {reason or ''}")
+
+
+def test_durations() -> None:
+    assert parse_duration("1m30s", 0) == 90
+    assert parse_duration("500ms", 0) == 0.5
+    assert parse_duration("bogus", 7) == 7
+    assert [go_duration(s) for s in (300, 30, 3600, 90, 0.5)] == ["5m0s", "30s", "1h0m0s", "1m30s", "500ms"]
+
+
+def test_ready_path_reports_the_applied_revision(kube: Kube, git_server: GitServer) -> None:
+    sha = git_server.commit("ready", GOOD_TREE)
+    provision(kube, "ready", git_server.url("ready"))
+
+    ks = wait_ready(kube, FLUX_KUSTOMIZE, "ready", "ready")
+    revision = f"main@sha1:{sha}"
+    ready = condition(ks, "Ready")
+    assert ready is not None
+    assert (ready["reason"], ready["message"]) == ("ReconciliationSucceeded", f"Applied revision: {revision}")
+    assert ready["observedGeneration"] == ks["metadata"]["generation"] == ks["status"]["observedGeneration"]
+    assert condition(ks, "Reconciling") is None
+    assert ks["status"]["lastAppliedRevision"] == ks["status"]["lastAttemptedRevision"] == revision
+    assert ks["status"]["inventory"] == {"entries": [{"id": "ready_web_apps_Deployment", "v": "v1"}]}
+    assert ks["metadata"]["finalizers"] == ["finalizers.fluxcd.io"]
+    managers = {(e["manager"], e.get("subresource", "")) for e in ks["metadata"]["managedFields"]}
+    assert ("kustomize-controller", "status") in managers
+
+    source = kube.get(FLUX_SOURCE, "ready", "ready")
+    artifact = source["status"]["artifact"]
+    assert artifact["revision"] == revision
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", artifact["digest"])
+    assert artifact["path"] == f"gitrepository/ready/ready/{sha}.tar.gz"
+    assert artifact["url"].endswith(artifact["path"]) and artifact["size"] > 0
+    for type_ in ("Ready", "ArtifactInStorage"):
+        cond = condition(source, type_)
+        assert cond is not None
+        assert (cond["status"], cond["reason"], cond["message"]) == (
+            "True", "Succeeded", f"stored artifact for revision '{revision}'")
+
+
+def test_settled_objects_are_not_rewritten(git_server: GitServer) -> None:
+    """Periodic reconciles that find nothing new leave resourceVersions alone (the idempotency tests rely on it)."""
+    sha = git_server.commit("settled", GOOD_TREE)
+    with SandboxCluster(flux=FluxSimulatorConfig(interval_cap=0.1)) as cluster:
+        kube = Kube.connect(cluster)
+        provision(kube, "settled", git_server.url("settled"))
+        ks = wait_ready(kube, FLUX_KUSTOMIZE, "settled", "settled")
+        source = kube.get(FLUX_SOURCE, "settled", "settled")
+        reconciles = cluster.flux.reconcile_count
+        wait_for(lambda: cluster.flux.reconcile_count >= reconciles + 6, what="periodic reconciles")
+        assert kube.get(FLUX_KUSTOMIZE, "settled", "settled") == ks
+        assert kube.get(FLUX_SOURCE, "settled", "settled") == source
+        assert ks["status"]["lastAppliedRevision"] == f"main@sha1:{sha}"
+
+
+def test_missing_path_is_artifact_failed(kube: Kube, git_server: GitServer) -> None:
+    git_server.commit("nopath", GOOD_TREE)
+    provision(kube, "nopath", git_server.url("nopath"), path="./k8s/overlays/staging")
+
+    ks = wait_ready(kube, FLUX_KUSTOMIZE, "nopath", "nopath", status="False", reason="ArtifactFailed")
+    ready = condition(ks, "Ready")
+    assert ready is not None
+    assert re.fullmatch(r"kustomization path not found: stat /tmp/kustomization-\d+/k8s/overlays/staging: "
+                        r"no such file or directory", ready["message"])
+    reconciling = condition(ks, "Reconciling")
+    assert reconciling is not None and reconciling["reason"] == "ProgressingWithRetry"
+    rv = ks["metadata"]["resourceVersion"]
+    time.sleep(0.6)  # several retries later: the same failure is not rewritten
+    assert kube.get(FLUX_KUSTOMIZE, "nopath", "nopath")["metadata"]["resourceVersion"] == rv
+
+
+def test_missing_resource_is_build_failed(kube: Kube, git_server: GitServer) -> None:
+    tree = dict(GOOD_TREE)
+    tree["k8s/base/kustomization.yaml"] = "resources:\n  - deployment.yaml\n  - service.yaml\n"
+    sha = git_server.commit("nobuild", tree)
+    provision(kube, "nobuild", git_server.url("nobuild"))
+
+    ks = wait_ready(kube, FLUX_KUSTOMIZE, "nobuild", "nobuild", status="False", reason="BuildFailed")
+    ready = condition(ks, "Ready")
+    assert ready is not None
+    assert ready["message"].startswith("kustomize build failed: accumulating resources:")
+    assert "service.yaml: no such file or directory" in ready["message"]
+    assert ks["status"]["lastAttemptedRevision"] == f"main@sha1:{sha}"
+    assert "lastAppliedRevision" not in ks["status"]
+
+
+def test_missing_repository_is_git_operation_failed(kube: Kube, git_server: GitServer) -> None:
+    url = git_server.url("does-not-exist")
+    provision(kube, "norepo", url)
+
+    source = wait_ready(kube, FLUX_SOURCE, "norepo", "norepo", status="False", reason="GitOperationFailed")
+    expected = f"failed to checkout and determine revision: unable to clone '{url}': repository not found"
+    fetch_failed = condition(source, "FetchFailed")
+    assert fetch_failed is not None
+    assert (fetch_failed["status"], fetch_failed["message"]) == ("True", expected)
+    assert condition(source, "Ready")["message"] == expected  # type: ignore[index]
+
+    ks = wait_ready(kube, FLUX_KUSTOMIZE, "norepo", "norepo", status="False", reason="ArtifactFailed")
+    assert condition(ks, "Ready")["message"] == "Source artifact not found, retrying in 30s"  # type: ignore[index]
+
+
+def test_source_appearing_later_is_picked_up(kube: Kube, git_server: GitServer) -> None:
+    sha = git_server.commit("late", GOOD_TREE)
+    kube.create_namespace("late")
+    ks_body = {
+        "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": "late", "namespace": "late"},
+        "spec": {"interval": "5m", "prune": True, "path": f"./{OVERLAY}",
+                 "sourceRef": {"kind": "GitRepository", "name": "late"}},
+    }
+    kube.create(FLUX_KUSTOMIZE, "late", ks_body)
+    ks = wait_ready(kube, FLUX_KUSTOMIZE, "late", "late", status="False", reason="ArtifactFailed")
+    assert condition(ks, "Ready")["message"] == (  # type: ignore[index]
+        'GitRepository.source.toolkit.fluxcd.io "late" not found')
+
+    kube.create(FLUX_SOURCE, "late", {
+        "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+        "metadata": {"name": "late", "namespace": "late"},
+        "spec": {"interval": "1m", "url": git_server.url("late"), "ref": {"branch": "main"}},
+    })
+    ks = wait_ready(kube, FLUX_KUSTOMIZE, "late", "late")
+    assert ks["status"]["lastAppliedRevision"] == f"main@sha1:{sha}"
+
+
+def test_reconcile_request_picks_up_a_new_commit(kube: Kube, git_server: GitServer) -> None:
+    git_server.commit("bump", GOOD_TREE)
+    provision(kube, "bump", git_server.url("bump"))
+    wait_ready(kube, FLUX_KUSTOMIZE, "bump", "bump")
+
+    tree = dict(GOOD_TREE)
+    tree["k8s/base/deployment.yaml"] = DEPLOYMENT.replace("replicas: 1", "replicas: 2")
+    new_sha = git_server.commit("bump", tree)
+    annotation = {"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": "2025-01-01T00:00:00Z"}}}
+    kube.patch(FLUX_SOURCE, "bump", "bump", annotation)
+
+    def applied() -> dict[str, Any] | None:
+        obj = kube.get(FLUX_KUSTOMIZE, "bump", "bump")
+        return obj if obj["status"].get("lastAppliedRevision") == f"main@sha1:{new_sha}" else None
+
+    ks = wait_for(applied, what="the new revision applied")
+    assert condition(ks, "Ready")["message"] == f"Applied revision: main@sha1:{new_sha}"  # type: ignore[index]
+    assert kube.get(FLUX_SOURCE, "bump", "bump")["status"]["lastHandledReconcileAt"] == "2025-01-01T00:00:00Z"
+
+
+def test_stall_knob(kube: Kube, git_server: GitServer) -> None:
+    git_server.commit("stall", GOOD_TREE)
+    kube.cluster.flux.stall("stall", "stall", reason="InvalidCELExpression", message="boom")
+    provision(kube, "stall", git_server.url("stall"))
+
+    ks = wait_ready(kube, FLUX_KUSTOMIZE, "stall", "stall", status="False", reason="InvalidCELExpression")
+    stalled = condition(ks, "Stalled")
+    assert stalled is not None and (stalled["status"], stalled["message"]) == ("True", "boom")
+    assert condition(ks, "Reconciling") is None
+    assert ks["status"]["observedGeneration"] == ks["metadata"]["generation"]
+
+    kube.cluster.flux.unstall("stall", "stall")
+    ks = wait_ready(kube, FLUX_KUSTOMIZE, "stall", "stall")
+    assert condition(ks, "Stalled") is None
+
+
+def test_hold_and_release(kube: Kube, git_server: GitServer) -> None:
+    sha = git_server.commit("held", GOOD_TREE)
+    kube.cluster.flux.hold("held")
+    provision(kube, "held", git_server.url("held"))
+
+    ks = wait_ready(kube, FLUX_KUSTOMIZE, "held", "held", status="Unknown", reason="Progressing")
+    assert condition(ks, "Ready")["message"] == "Reconciliation in progress"  # type: ignore[index]
+    reconciling = condition(ks, "Reconciling")
+    assert reconciling is not None and reconciling["message"] == (
+        f"Fetching manifests for revision main@sha1:{sha} with a timeout of 4m30s")
+    wait_for(lambda: kube.cluster.flux.held_count == 1, what="the held Kustomization")
+    time.sleep(0.3)
+    assert condition(kube.get(FLUX_KUSTOMIZE, "held", "held"), "Ready")["status"] == "Unknown"  # type: ignore[index]
+
+    kube.cluster.flux.release()
+    wait_ready(kube, FLUX_KUSTOMIZE, "held", "held")
+    assert kube.cluster.flux.held_count == 0
+
+
+def test_fail_clone_knob(kube: Kube, git_server: GitServer) -> None:
+    git_server.commit("flaky", GOOD_TREE)
+    kube.cluster.flux.fail_clone("flaky", "authentication required")
+    provision(kube, "flaky", git_server.url("flaky"))
+    source = wait_ready(kube, FLUX_SOURCE, "flaky", "flaky", status="False", reason="GitOperationFailed")
+    assert condition(source, "Ready")["message"].endswith(": authentication required")  # type: ignore[index]
+
+    kube.cluster.flux.clear_clone_failures()
+    wait_ready(kube, FLUX_KUSTOMIZE, "flaky", "flaky")
+
+
+def test_reconcile_delay_shows_progress_first(git_server: GitServer) -> None:
+    git_server.commit("slow", GOOD_TREE)
+    with SandboxCluster(flux=FluxSimulatorConfig(reconcile_delay=0.4)) as cluster:
+        kube = Kube.connect(cluster)
+        provision(kube, "slow", git_server.url("slow"))
+        wait_ready(kube, FLUX_SOURCE, "slow", "slow", status="Unknown", reason="Progressing")
+        wait_ready(kube, FLUX_KUSTOMIZE, "slow", "slow", status="Unknown", reason="Progressing")
+        wait_ready(kube, FLUX_KUSTOMIZE, "slow", "slow")
+
+
+def test_deletion_removes_finalizers_and_lets_the_namespace_go(kube: Kube, git_server: GitServer) -> None:
+    git_server.commit("gone", GOOD_TREE)
+    provision(kube, "gone", git_server.url("gone"))
+    wait_ready(kube, FLUX_KUSTOMIZE, "gone", "gone")
+
+    kube.delete(FLUX_KUSTOMIZE, "gone", "gone")
+    wait_for(lambda: _missing(kube, FLUX_KUSTOMIZE, "gone"), what="the Kustomization to go")
+
+    kube.core.delete_namespace("gone")
+    wait_for(lambda: _namespace_missing(kube, "gone"), what="the namespace to go")
+    assert not (kube.cluster.flux.artifact_root / "gitrepository" / "gone" / "gone").exists()
+
+
+def _missing(kube: Kube, gvp: tuple[str, str, str], name: str) -> bool:
+    try:
+        kube.get(gvp, name, name)
+    except ApiException as error:
+        return bool(error.status == 404 and json.loads(error.body or "{}")["reason"] == "NotFound")
+    return False
+
+
+def _namespace_missing(kube: Kube, name: str) -> bool:
+    try:
+        kube.core.read_namespace(name)
+    except ApiException as error:
+        return bool(error.status == 404)
+    return False
+
+
+@pytest.mark.parametrize("count", [200])
+def test_many_held_kustomizations_cost_no_threads(git_server: GitServer, count: int) -> None:
+    import threading
+
+    git_server.commit("many", GOOD_TREE)
+    with SandboxCluster(flux=FluxSimulatorConfig(workers=2)) as cluster:
+        cluster.flux.hold()
+        store = cluster.store
+        from provisioner.sandbox.store import GIT_REPOSITORIES, KUSTOMIZATIONS, NAMESPACES
+
+        store.create(NAMESPACES, None, {"metadata": {"name": "many"}})
+        store.create(GIT_REPOSITORIES, "many", {
+            "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "metadata": {"name": "many"},
+            "spec": {"interval": "1m", "url": git_server.url("many"), "ref": {"branch": "main"}}})
+        threads_before = threading.active_count()
+        for index in range(count):
+            store.create(KUSTOMIZATIONS, "many", {
+                "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+                "metadata": {"name": f"k{index}"},
+                "spec": {"interval": "5m", "prune": True, "path": f"./{OVERLAY}",
+                         "sourceRef": {"kind": "GitRepository", "name": "many"}}})
+        wait_for(lambda: cluster.flux.held_count == count, timeout=20, what="all Kustomizations held")
+        assert threading.active_count() <= threads_before + 1
+        cluster.flux.release()
+
+        def all_ready() -> bool:
+            items = store.list_objects(KUSTOMIZATIONS, "many")["items"]
+            return all((condition(i, "Ready") or {}).get("status") == "True" for i in items)
+
+        wait_for(all_ready, timeout=20, what="all Kustomizations ready")
+
+
+def test_a_restarted_cluster_keeps_its_settled_flux_objects(git_server: GitServer, tmp_path: Path) -> None:
+    git_server.commit("restart", GOOD_TREE)
+    state = tmp_path / "cluster.json"
+    with SandboxCluster(state_file=state) as cluster:
+        kube = Kube.connect(cluster)
+        provision(kube, "restart", git_server.url("restart"))
+        ks = wait_ready(kube, FLUX_KUSTOMIZE, "restart", "restart")
+        source = kube.get(FLUX_SOURCE, "restart", "restart")
+
+    with SandboxCluster(state_file=state) as cluster:
+        kube = Kube.connect(cluster)
+        wait_for(lambda: cluster.flux.reconcile_count >= 2, what="the simulator to revisit both objects")
+        assert kube.get(FLUX_KUSTOMIZE, "restart", "restart") == ks
+        assert kube.get(FLUX_SOURCE, "restart", "restart") == source
