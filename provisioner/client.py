@@ -8,14 +8,23 @@ from dataclasses import asdict
 from datetime import timedelta
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.service import RPCError
 
 from provisioner.contracts import (
+    SEARCH_ATTRIBUTE_SLUG,
+    SEARCH_ATTRIBUTE_STATUS,
+    SEARCH_ATTRIBUTE_TEMPLATE,
     TERMINAL_STATUSES,
     FieldError,
     Progress,
     ProjectSpec,
+    ProjectStatus,
     ProvisioningResult,
     provisioning_workflow_id,
     validate_spec,
@@ -56,6 +65,13 @@ class ProvisionerClient:
             task_queue=self._task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(SEARCH_ATTRIBUTE_SLUG, spec.slug),
+                    SearchAttributePair(SEARCH_ATTRIBUTE_TEMPLATE, spec.template),
+                    SearchAttributePair(SEARCH_ATTRIBUTE_STATUS, ProjectStatus.PENDING.value),
+                ]
+            ),
             static_summary=f"Provision {spec.slug} from template {spec.template}",
             static_details=(
                 f"**{spec.display_name}** (`{spec.slug}`), template `{spec.template}`, "

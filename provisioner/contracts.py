@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from temporalio.common import SearchAttributeKey
+
 # Template parameter values are plain data: they are handed to templates as values, never rendered as templates.
 ParameterValue = str | int | float | bool
 Parameters = dict[str, ParameterValue]
@@ -37,7 +39,7 @@ MANAGED_BY = "provisioner"
 
 
 class StepName(StrEnum):
-    """The provisioning steps, in the order the workflow runs them."""
+    """The steps of the project workflows (see PROVISIONING_STEPS and TEARDOWN_STEPS for their order)."""
 
     VALIDATE_TEMPLATE = "validate_template"
     CREATE_REPOSITORY = "create_repository"
@@ -46,6 +48,30 @@ class StepName(StrEnum):
     APPLY_FLUX_RESOURCES = "apply_flux_resources"
     AWAIT_READY = "await_ready"
     FINALIZE_RECORD = "finalize_record"
+    # Teardown
+    MARK_DELETING = "mark_deleting"
+    DELETE_FLUX_RESOURCES = "delete_flux_resources"
+    AWAIT_DELETION = "await_deletion"
+    DELETE_REPOSITORY = "delete_repository"
+    MARK_DELETED = "mark_deleted"
+
+
+PROVISIONING_STEPS: tuple[StepName, ...] = (
+    StepName.VALIDATE_TEMPLATE,
+    StepName.CREATE_REPOSITORY,
+    StepName.PUSH_TEMPLATE,
+    StepName.PERSIST_RECORD,
+    StepName.APPLY_FLUX_RESOURCES,
+    StepName.AWAIT_READY,
+    StepName.FINALIZE_RECORD,
+)
+TEARDOWN_STEPS: tuple[StepName, ...] = (
+    StepName.MARK_DELETING,
+    StepName.DELETE_FLUX_RESOURCES,
+    StepName.AWAIT_DELETION,
+    StepName.DELETE_REPOSITORY,
+    StepName.MARK_DELETED,
+)
 
 
 STEP_TITLES: dict[StepName, str] = {
@@ -56,6 +82,11 @@ STEP_TITLES: dict[StepName, str] = {
     StepName.APPLY_FLUX_RESOURCES: "Apply the Flux resources",
     StepName.AWAIT_READY: "Wait until Flux reports Ready",
     StepName.FINALIZE_RECORD: "Finalize the project record",
+    StepName.MARK_DELETING: "Mark the record deleting",
+    StepName.DELETE_FLUX_RESOURCES: "Delete the Kustomization, GitRepository and Namespace",
+    StepName.AWAIT_DELETION: "Wait until they are gone",
+    StepName.DELETE_REPOSITORY: "Delete the Git repository",
+    StepName.MARK_DELETED: "Mark the record deleted",
 }
 
 
@@ -76,10 +107,18 @@ class ProjectStatus(StrEnum):
     PROVISIONED = "provisioned"  # resources exist; Ready was not waited for
     NOT_READY = "not_ready"  # resources exist but Flux did not report Ready within the bound
     FAILED = "failed"
+    DELETING = "deleting"
+    DELETED = "deleted"
 
 
 TERMINAL_STATUSES = frozenset(
-    {ProjectStatus.READY, ProjectStatus.PROVISIONED, ProjectStatus.NOT_READY, ProjectStatus.FAILED}
+    {
+        ProjectStatus.READY,
+        ProjectStatus.PROVISIONED,
+        ProjectStatus.NOT_READY,
+        ProjectStatus.FAILED,
+        ProjectStatus.DELETED,
+    }
 )
 
 
@@ -130,6 +169,18 @@ class ProjectSpec:
 def provisioning_workflow_id(slug: str) -> str:
     """One workflow id per project, so Temporal itself refuses a second concurrent provisioning of it."""
     return f"project-init-{slug}"
+
+
+def teardown_workflow_id(slug: str) -> str:
+    return f"project-teardown-{slug}"
+
+
+# Typed search attributes (Keyword), so runs can be found and filtered in the Temporal UI and by visibility queries.
+# They must be registered on the namespace first (`provisioner up` and the tests do; see the README).
+SEARCH_ATTRIBUTE_SLUG = SearchAttributeKey.for_keyword("ProjectSlug")
+SEARCH_ATTRIBUTE_TEMPLATE = SearchAttributeKey.for_keyword("ProjectTemplate")
+SEARCH_ATTRIBUTE_STATUS = SearchAttributeKey.for_keyword("ProjectStatus")
+SEARCH_ATTRIBUTES = (SEARCH_ATTRIBUTE_SLUG, SEARCH_ATTRIBUTE_TEMPLATE, SEARCH_ATTRIBUTE_STATUS)
 
 
 def validate_spec(spec: ProjectSpec) -> list[FieldError]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfigProfile
+from temporalio.service import RPCError, RPCStatusCode
 
+from provisioner.contracts import SEARCH_ATTRIBUTES
 from provisioner.settings import Settings
 
 # pydantic's converter understands dataclasses, enums, datetime and timedelta; every client and worker must use it.
@@ -23,3 +27,26 @@ async def connect(settings: Settings) -> Client:
     config.setdefault("target_host", settings.temporal_address)
     config.setdefault("namespace", settings.temporal_namespace)
     return await Client.connect(**config, data_converter=DATA_CONVERTER)
+
+
+async def register_search_attributes(client: Client, namespace: str) -> None:
+    """Register the project search attributes (Keyword) on the namespace; already registered ones are fine.
+
+    On a real cluster an operator runs the equivalent once:
+    `temporal operator search-attribute create --name ProjectSlug --type Keyword` (and the same for
+    ProjectTemplate and ProjectStatus).
+    """
+    try:
+        listed = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
+        existing = set(listed.custom_attributes)
+    except RPCError as error:
+        if error.status != RPCStatusCode.UNIMPLEMENTED:  # the time-skipping test server lists nothing
+            raise
+        existing = set()
+    missing = {
+        key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for key in SEARCH_ATTRIBUTES if key.name not in existing
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+        )

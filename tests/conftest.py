@@ -11,7 +11,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from provisioner.binaries import bundled_binary
 from provisioner.db import migrate
-from provisioner.temporal import DATA_CONVERTER
+from provisioner.temporal import DATA_CONVERTER, register_search_attributes
 from tests.postgres import DEFAULT_TEST_DATABASE_URL, TEST_DATABASE_URL_ENV, temporary_postgres_database
 
 
@@ -20,6 +20,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=bundled_binary("temporal-test-server"), data_converter=DATA_CONVERTER
     )
+    await register_search_attributes(env.client, "default")
     try:
         yield env
     finally:
@@ -47,6 +48,7 @@ async def local_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=DATA_CONVERTER,
         dev_server_extra_args=["--headless"],
     )
+    await register_search_attributes(env.client, "default")
     try:
         yield env
     finally:

@@ -21,7 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.records import get_project
 from provisioner.client import ProvisionerClient
-from provisioner.contracts import ErrorType, ProjectSpec, ProjectStatus, StepName, StepState
+from provisioner.contracts import PROVISIONING_STEPS, ErrorType, ProjectSpec, ProjectStatus, StepName, StepState
 from provisioner.gitserver import GitHttpServer
 from provisioner.sandbox.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.settings import PROJECT_ROOT, Secret, Settings
@@ -158,7 +158,7 @@ async def test_provisions_a_project_end_to_end(stack: Stack, tmp_path: Path) -> 
     assert ready["status"] == "True"
     assert ready["reason"] == "ReconciliationSucceeded"
     assert ready["message"] == f"Applied revision: main@sha1:{result.commit_sha}"
-    assert [s.state for s in result.progress.steps] == [StepState.SUCCEEDED] * len(StepName)
+    assert [s.state for s in result.progress.steps] == [StepState.SUCCEEDED] * len(PROVISIONING_STEPS)
     assert result.progress.percent == 100
 
 

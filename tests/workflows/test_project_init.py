@@ -17,6 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from provisioner.contracts import (
+    PROVISIONING_STEPS,
     ErrorType,
     FluxApplyRequest,
     FluxApplyResult,
@@ -166,7 +167,7 @@ async def test_runs_every_step_in_order_and_reports_ready(
     assert result.status is ProjectStatus.READY
     assert result.commit_sha == "a" * 40
     assert result.progress.percent == 100
-    assert [s.state for s in result.progress.steps] == [StepState.SUCCEEDED] * len(StepName)
+    assert [s.state for s in result.progress.steps] == [StepState.SUCCEEDED] * len(PROVISIONING_STEPS)
     assert all(s.started_at and s.finished_at and s.attempt == 1 for s in result.progress.steps)
     assert [r.status for r in systems.records] == [ProjectStatus.PROVISIONING, ProjectStatus.READY]
     assert systems.records[0].workflow_id == spec.workflow_id == handle.id

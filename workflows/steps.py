@@ -1,0 +1,214 @@
+"""What every project workflow shares: step policies, retried step execution and the progress it reports.
+
+Retries are driven here, in the workflow, rather than by the server, so that the `progress` query can show every
+attempt and the error that caused it while it happens: that visibility is the point of this product. Each activity
+call is therefore a single attempt; the step's RetryPolicy is applied by `StepRunner.run`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+
+with workflow.unsafe.imports_passed_through():
+    from provisioner.contracts import (
+        SEARCH_ATTRIBUTE_STATUS,
+        STEP_TITLES,
+        ErrorType,
+        Progress,
+        ProjectStatus,
+        StepName,
+        StepProgress,
+        StepState,
+    )
+
+ResultT = TypeVar("ResultT")
+
+PERMANENT_ERROR_TYPES = [error_type.value for error_type in ErrorType]
+
+
+@dataclass(frozen=True)
+class StepPolicy:
+    """How long one attempt of a step may take and how it is retried."""
+
+    attempt_timeout: timedelta
+    retry: RetryPolicy
+
+
+def step_policy(attempt_timeout: timedelta, maximum_attempts: int, maximum_interval: timedelta) -> StepPolicy:
+    return StepPolicy(
+        attempt_timeout=attempt_timeout,
+        retry=RetryPolicy(
+            initial_interval=timedelta(seconds=1),
+            backoff_coefficient=2.0,
+            maximum_interval=maximum_interval,
+            maximum_attempts=maximum_attempts,
+            non_retryable_error_types=PERMANENT_ERROR_TYPES,
+        ),
+    )
+
+
+class StepFailed(Exception):
+    """A step ran out of attempts or hit a permanent error; carries the failure to report."""
+
+    def __init__(self, step: StepName, message: str, error_type: str) -> None:
+        super().__init__(message)
+        self.step = step
+        self.message = message
+        self.error_type = error_type
+
+    def to_application_error(self, progress: Progress) -> ApplicationError:
+        return ApplicationError(
+            f"{self.step.value} failed: {self.message}",
+            {"step": self.step.value, "progress": progress},
+            type=self.error_type,
+            non_retryable=True,
+        )
+
+
+def describe_failure(error: ActivityError) -> tuple[str, str, bool]:
+    """The root message, the error type and whether a retry can help."""
+    cause = error.cause
+    if isinstance(cause, ApplicationError):
+        error_type = cause.type or "ActivityFailed"
+        retryable = not cause.non_retryable and error_type not in PERMANENT_ERROR_TYPES
+        return cause.message, error_type, retryable
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}", type(cause).__name__, True
+    return str(error), "ActivityFailed", True
+
+
+class StepRunner:
+    """Runs a workflow's steps with their policies and keeps the progress that the `progress` query returns.
+
+    Every status change is also upserted as the `ProjectStatus` search attribute and shown as the run's current
+    details, so the Temporal UI tells the same story as the query.
+    """
+
+    def __init__(self, slug: str, steps: Sequence[StepName], policies: Mapping[StepName, StepPolicy]) -> None:
+        self.slug = slug
+        self.status = ProjectStatus.PENDING
+        self.message = "waiting to start"
+        self._steps = {name: StepProgress(name=name, title=STEP_TITLES[name]) for name in steps}
+        self._policies = policies
+        self._updated_at = workflow.now()
+
+    def step(self, name: StepName) -> StepProgress:
+        return self._steps[name]
+
+    def progress(self) -> Progress:
+        steps = list(self._steps.values())
+        done = sum(step.state in (StepState.SUCCEEDED, StepState.SKIPPED) for step in steps)
+        return Progress(
+            slug=self.slug,
+            workflow_id=workflow.info().workflow_id,
+            status=self.status,
+            percent=done * 100 // len(steps),
+            steps=steps,
+            message=self.message,
+            updated_at=self._updated_at,
+        )
+
+    def set_status(self, status: ProjectStatus, message: str) -> None:
+        if status is not self.status:
+            workflow.upsert_search_attributes([SEARCH_ATTRIBUTE_STATUS.value_set(status.value)])
+        self.status = status
+        self.message = message
+        self._touch()
+        workflow.set_current_details(f"**{status.value}**: {message}")
+
+    async def run(
+        self,
+        step: StepName,
+        activity_name: str,
+        argument: Any,
+        result_type: type[ResultT],
+        describe: Callable[[ResultT], str],
+    ) -> ResultT:
+        """Run one step's activity until it succeeds, fails permanently or runs out of attempts."""
+        policy = self._policies[step]
+        retry = policy.retry
+        interval = retry.initial_interval
+        attempt = 0
+        while True:
+            attempt += 1
+            self.start(step, attempt)
+            try:
+                result: ResultT = await workflow.execute_activity(
+                    activity_name,
+                    argument,
+                    result_type=result_type,
+                    start_to_close_timeout=policy.attempt_timeout,
+                    retry_policy=RetryPolicy(maximum_attempts=1),  # this loop owns the retries
+                    summary=STEP_TITLES[step],
+                )
+            except ActivityError as error:
+                if is_cancelled_exception(error):
+                    raise
+                message, error_type, retryable = describe_failure(error)
+                if not retryable or (retry.maximum_attempts and attempt >= retry.maximum_attempts):
+                    self.fail(step, attempt, message)
+                    raise StepFailed(step, message, error_type) from None
+                self._steps[step].message = f"attempt {attempt} failed: {message}; retrying in {interval}"
+                self._touch()
+                await workflow.sleep(interval)
+                interval = min(interval * retry.backoff_coefficient, retry.maximum_interval or interval)
+                continue
+            self.succeed(step, describe(result))
+            return result
+
+    async def run_once(self, activity_name: str, argument: Any, policy: StepPolicy, summary: str) -> Any:
+        """An activity outside the step list (e.g. recording a failure), with the server applying the retries."""
+        return await workflow.execute_activity(
+            activity_name,
+            argument,
+            start_to_close_timeout=policy.attempt_timeout,
+            retry_policy=policy.retry,
+            summary=summary,
+        )
+
+    def start(self, step: StepName, attempt: int) -> None:
+        progress = self._steps[step]
+        if progress.state is not StepState.RUNNING:
+            progress.state = StepState.RUNNING
+            progress.started_at = workflow.now()
+            progress.message = ""
+        progress.attempt = attempt
+        self.message = STEP_TITLES[step]
+        self._touch()
+        workflow.set_current_details(f"**{self.status.value}**: {STEP_TITLES[step]} (attempt {attempt})")
+
+    def note(self, step: StepName, message: str) -> None:
+        """Update a running step's message (e.g. what it is waiting for)."""
+        self._steps[step].message = message
+        self._touch()
+
+    def succeed(self, step: StepName, message: str) -> None:
+        self._finish(step, StepState.SUCCEEDED, message)
+
+    def skip(self, step: StepName, message: str) -> None:
+        self._finish(step, StepState.SKIPPED, message)
+
+    def fail(self, step: StepName, attempt: int, message: str) -> None:
+        progress = self._steps[step]
+        progress.attempt = max(progress.attempt, attempt)
+        if progress.started_at is None:
+            progress.started_at = workflow.now()
+        self._finish(step, StepState.FAILED, message)
+        self.message = message
+
+    def _finish(self, step: StepName, state: StepState, message: str) -> None:
+        progress = self._steps[step]
+        progress.state = state
+        progress.message = message
+        progress.finished_at = workflow.now()
+        self._touch()
+
+    def _touch(self) -> None:
+        self._updated_at = workflow.now()
