@@ -18,6 +18,7 @@ from types import TracebackType
 from temporalio.client import Client
 
 from provisioner.binaries import bundled_binary
+from provisioner.contracts import SEARCH_ATTRIBUTES
 from provisioner.db.engine import migrate
 from provisioner.gitserver import GitHttpServer
 from provisioner.sandbox.cluster import FluxSimulatorConfig, SandboxCluster
@@ -136,6 +137,8 @@ class EmbeddedStack:
             "--log-level",
             "warn",
         ]
+        for key in SEARCH_ATTRIBUTES:
+            command += ["--search-attribute", f"{key.name}=Keyword"]
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     async def _connect_when_up(self, startup_seconds: float = 60.0) -> Client:

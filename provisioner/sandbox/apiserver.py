@@ -154,6 +154,10 @@ def _not_found_path() -> ApiError:
 # ---- Discovery -----------------------------------------------------------------------------------------------
 
 
+# As the upstream API (and Flux's CRDs) advertise them, so `kubectl get ns` / `kubectl get ks` work too.
+SHORT_NAMES = {"namespaces": ["ns"], "configmaps": ["cm"], "gitrepositories": ["gitrepo"], "kustomizations": ["ks"]}
+
+
 def _resource_list(kinds: list[ResourceKind], group_version: str) -> JsonObj:
     resources: list[JsonObj] = []
     for kind in kinds:
@@ -163,6 +167,7 @@ def _resource_list(kinds: list[ResourceKind], group_version: str) -> JsonObj:
             "namespaced": kind.namespaced,
             "kind": kind.kind,
             "verbs": VERBS,
+            "shortNames": SHORT_NAMES.get(kind.plural, []),
         })
         resources.append({"name": f"{kind.plural}/status", "singularName": "", "namespaced": kind.namespaced,
                           "kind": kind.kind, "verbs": ["get", "patch", "update"]})
