@@ -20,12 +20,14 @@ from provisioner.contracts import (
     SEARCH_ATTRIBUTE_SLUG,
     SEARCH_ATTRIBUTE_STATUS,
     SEARCH_ATTRIBUTE_TEMPLATE,
+    TEMPLATE_NAME_PATTERN,
     TERMINAL_STATUSES,
     FieldError,
     Progress,
     ProjectSpec,
     ProjectStatus,
     ProvisioningResult,
+    RunSummary,
     provisioning_workflow_id,
     validate_spec,
 )
@@ -41,7 +43,11 @@ class InvalidRequest(ValueError):
 
 
 class ProjectConflict(Exception):
-    """The slug is already being provisioned with a different spec."""
+    """The slug is already being provisioned with a different spec, or is busy with another operation."""
+
+
+class OperationNotSupported(Exception):
+    """The operation exists in the interface but not yet in the workflows."""
 
 
 class ProvisionerClient:
@@ -126,3 +132,40 @@ class ProvisionerClient:
 
     async def wait(self, slug: str) -> ProvisioningResult:
         return await self.handle(slug).result()
+
+    async def list(
+        self, *, status: ProjectStatus | None = None, template: str | None = None, limit: int = 100
+    ) -> list[RunSummary]:
+        """Runs of project workflows, newest first, found with a visibility query on the search attributes."""
+        clauses = [f"{SEARCH_ATTRIBUTE_SLUG.name} IS NOT NULL"]
+        if status is not None:
+            clauses.append(f"{SEARCH_ATTRIBUTE_STATUS.name} = '{ProjectStatus(status).value}'")
+        if template is not None:
+            if not TEMPLATE_NAME_PATTERN.fullmatch(template):
+                raise InvalidRequest([FieldError("template", "must be a template name such as 'web-service'")])
+            clauses.append(f"{SEARCH_ATTRIBUTE_TEMPLATE.name} = '{template}'")
+        runs: list[RunSummary] = []
+        async for execution in self._client.list_workflows(" AND ".join(clauses), limit=limit):
+            attributes = execution.typed_search_attributes
+            runs.append(
+                RunSummary(
+                    slug=attributes.get(SEARCH_ATTRIBUTE_SLUG) or "",
+                    workflow_id=execution.id,
+                    run_id=execution.run_id,
+                    workflow_type=execution.workflow_type,
+                    status=attributes.get(SEARCH_ATTRIBUTE_STATUS) or "",
+                    execution_status=execution.status.name if execution.status else "UNKNOWN",
+                    template=attributes.get(SEARCH_ATTRIBUTE_TEMPLATE) or "",
+                    started_at=execution.start_time,
+                    closed_at=execution.close_time,
+                )
+            )
+        return runs
+
+    async def retry(self, slug: str) -> None:
+        """Resume a failed step of SLUG's run (arrives with operator retry and rollback)."""
+        raise OperationNotSupported("retry is not supported yet: a failed run ends; start it again to re-run it")
+
+    async def abort(self, slug: str) -> None:
+        """Roll back SLUG's completed steps (arrives with operator retry and rollback)."""
+        raise OperationNotSupported("abort is not supported yet: use teardown to remove a project's resources")

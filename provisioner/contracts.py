@@ -380,3 +380,27 @@ class ProvisioningResult:
     namespace: str
     readiness: ReadinessReport | None
     progress: Progress
+
+
+@dataclass
+class RunSummary:
+    """One workflow run of a project, as Temporal's visibility store lists it."""
+
+    slug: str
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    status: str  # the ProjectStatus search attribute, "" when the run predates it
+    execution_status: str  # Temporal's own: RUNNING, COMPLETED, FAILED, ...
+    template: str
+    started_at: datetime
+    closed_at: datetime | None
+
+
+@dataclass
+class TeardownSpec:
+    """Remove a project's cluster resources and mark its record deleted; the repository is kept unless asked."""
+
+    slug: str
+    delete_repository: bool = False
+    deletion_timeout: timedelta = timedelta(minutes=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -9,8 +10,8 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from provisioner.client import InvalidRequest, ProjectConflict, ProvisionerClient
-from provisioner.contracts import ProjectSpec
+from provisioner.client import InvalidRequest, OperationNotSupported, ProjectConflict, ProvisionerClient
+from provisioner.contracts import ProjectSpec, ProjectStatus
 
 
 def spec(slug: str, **overrides: object) -> ProjectSpec:
@@ -50,3 +51,31 @@ async def test_invalid_requests_start_nothing(client: ProvisionerClient) -> None
     assert {error.field for error in raised.value.errors} == {"slug", "template"}
     with pytest.raises(RPCError):
         await client.handle("Not_A_Slug").describe()
+
+
+async def test_list_finds_runs_by_their_search_attributes(client: ProvisionerClient) -> None:
+    slug = f"listed-{uuid.uuid4().hex[:6]}"
+    await client.start(spec(slug, template="web-service"))
+    try:
+        for _ in range(50):  # visibility is eventually consistent
+            runs = [run for run in await client.list(status=ProjectStatus.PENDING) if run.slug == slug]
+            if runs:
+                break
+            await asyncio.sleep(0.1)
+        assert len(runs) == 1
+        assert (runs[0].workflow_id, runs[0].template, runs[0].execution_status) == (
+            f"project-init-{slug}",
+            "web-service",
+            "RUNNING",
+        )
+        assert not [run for run in await client.list(status=ProjectStatus.READY) if run.slug == slug]
+        assert not [run for run in await client.list(template="other-template") if run.slug == slug]
+    finally:
+        await client.handle(slug).terminate("test cleanup")
+
+
+async def test_retry_and_abort_say_they_are_not_supported_yet(client: ProvisionerClient) -> None:
+    with pytest.raises(OperationNotSupported):
+        await client.retry("anything")
+    with pytest.raises(OperationNotSupported):
+        await client.abort("anything")
