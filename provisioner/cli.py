@@ -167,10 +167,7 @@ async def create(
     ready_timeout: float,
 ) -> None:
     """Provision SLUG and show its progress live (against the configured Temporal)."""
-    from provisioner.temporal import connect
-
-    settings = Settings.from_env()
-    pclient = ProvisionerClient(await connect(settings), settings.task_queue)
+    pclient = await _configured_client()
     spec = _spec_from_options(slug, name, template, params, environment, wait, ready_timeout)
     progress = await create_and_watch(pclient, spec)
     console.print(f"[bold]{slug}[/]: {progress.status.value}: {progress.message}")
@@ -183,15 +180,69 @@ async def create(
 @async_command
 async def status(slug: str) -> None:
     """Show the progress of SLUG's provisioning run."""
-    from provisioner.temporal import connect
-
-    settings = Settings.from_env()
-    pclient = ProvisionerClient(await connect(settings), settings.task_queue)
+    pclient = await _configured_client()
     try:
         progress = await pclient.progress(slug)
     except Exception as error:
         raise CliError(f"no provisioning run for {slug}: {error}") from None
     console.print(render_progress(progress, datetime.now(UTC)))
+
+
+async def _configured_client() -> ProvisionerClient:
+    from provisioner.temporal import connect
+
+    settings = Settings.from_env()
+    return ProvisionerClient(await connect(settings), settings.task_queue)
+
+
+@cli.command(name="list")
+@click.option("--status", "status_filter", type=click.Choice([s.value for s in ProjectStatus]), default=None)
+@click.option("--template", default=None)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@async_command
+async def list_runs(status_filter: str | None, template: str | None, limit: int) -> None:
+    """List project workflow runs (a visibility query on the ProjectSlug/ProjectStatus/ProjectTemplate attributes)."""
+    pclient = await _configured_client()
+    runs = await pclient.list(
+        status=ProjectStatus(status_filter) if status_filter else None, template=template, limit=limit
+    )
+    table = Table("slug", "workflow", "status", "run", "template", "started")
+    for run in runs:
+        table.add_row(
+            run.slug,
+            run.workflow_type,
+            run.status,
+            run.execution_status.lower(),
+            run.template,
+            run.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    console.print(table)
+
+
+@cli.command()
+@click.argument("slug")
+@async_command
+async def retry(slug: str) -> None:
+    """Resume SLUG's failed step."""
+    from provisioner.client import OperationNotSupported
+
+    try:
+        await (await _configured_client()).retry(slug)
+    except OperationNotSupported as error:
+        raise CliError(str(error)) from None
+
+
+@cli.command()
+@click.argument("slug")
+@async_command
+async def abort(slug: str) -> None:
+    """Roll back SLUG's completed steps."""
+    from provisioner.client import OperationNotSupported
+
+    try:
+        await (await _configured_client()).abort(slug)
+    except OperationNotSupported as error:
+        raise CliError(str(error)) from None
 
 
 @cli.command()
