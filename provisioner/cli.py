@@ -8,7 +8,7 @@ import logging
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -219,17 +219,21 @@ async def list_runs(status_filter: str | None, template: str | None, limit: int)
     console.print(table)
 
 
+async def _operator_decision(slug: str, decide: Callable[[ProvisionerClient, str], Awaitable[None]]) -> None:
+    from provisioner.client import OperationNotSupported
+
+    try:
+        await decide(await _configured_client(), slug)
+    except OperationNotSupported as error:
+        raise CliError(str(error)) from None
+
+
 @cli.command()
 @click.argument("slug")
 @async_command
 async def retry(slug: str) -> None:
     """Resume SLUG's failed step."""
-    from provisioner.client import OperationNotSupported
-
-    try:
-        await (await _configured_client()).retry(slug)
-    except OperationNotSupported as error:
-        raise CliError(str(error)) from None
+    await _operator_decision(slug, ProvisionerClient.retry)
 
 
 @cli.command()
@@ -237,12 +241,7 @@ async def retry(slug: str) -> None:
 @async_command
 async def abort(slug: str) -> None:
     """Roll back SLUG's completed steps."""
-    from provisioner.client import OperationNotSupported
-
-    try:
-        await (await _configured_client()).abort(slug)
-    except OperationNotSupported as error:
-        raise CliError(str(error)) from None
+    await _operator_decision(slug, ProvisionerClient.abort)
 
 
 @cli.command()

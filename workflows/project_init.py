@@ -114,18 +114,8 @@ class ProjectInitWorkflow:
             PushResult,
             lambda r: f"{'pushed' if r.pushed else 'already up to date at'} {r.branch}@{r.commit_sha[:12]}",
         )
-        record = ProjectRecordUpdate(
-            slug=spec.slug,
-            status=ProjectStatus.PROVISIONING,
-            display_name=spec.display_name,
-            template=spec.template,
-            environment=spec.environment,
-            namespace=spec.namespace,
-            workflow_id=workflow.info().workflow_id,
-            repo_url=repository.clone_url,
-            commit_sha=pushed.commit_sha,
-            last_message="template pushed; applying Flux resources",
-        )
+        record = self._record(ProjectStatus.PROVISIONING, "template pushed; applying Flux resources")
+        record.repo_url, record.commit_sha = repository.clone_url, pushed.commit_sha
         await steps.run(
             StepName.PERSIST_RECORD,
             UPSERT_PROJECT_RECORD,
@@ -219,24 +209,32 @@ class ProjectInitWorkflow:
         repository_created = steps.step(StepName.CREATE_REPOSITORY).state is StepState.SUCCEEDED
         if not (self._record_written or repository_created):
             return
-        update = ProjectRecordUpdate(
-            slug=spec.slug,
-            status=ProjectStatus.FAILED,
-            display_name=spec.display_name,
-            template=spec.template,
-            environment=spec.environment,
-            namespace=spec.namespace,
-            workflow_id=workflow.info().workflow_id,
-            last_message=steps.message,
-        )
         try:
             await steps.run_once(
-                UPSERT_PROJECT_RECORD, update, STEP_POLICIES[StepName.FINALIZE_RECORD], "Record the failure"
+                UPSERT_PROJECT_RECORD,
+                self._record(ProjectStatus.FAILED, steps.message),
+                STEP_POLICIES[StepName.FINALIZE_RECORD],
+                "Record the failure",
             )
         except ActivityError as error:
             if is_cancelled_exception(error):
                 raise
             workflow.logger.warning("could not record the failure of %s: %s", spec.slug, error)
+
+
+    def _record(self, status: ProjectStatus, message: str) -> ProjectRecordUpdate:
+        """The whole record as this run knows it: either write may be the first to create the row."""
+        spec = self._spec
+        return ProjectRecordUpdate(
+            slug=spec.slug,
+            status=status,
+            display_name=spec.display_name,
+            template=spec.template,
+            environment=spec.environment,
+            namespace=spec.namespace,
+            workflow_id=workflow.info().workflow_id,
+            last_message=message,
+        )
 
 
 def _outcome_message(status: ProjectStatus, readiness: ReadinessReport | None) -> str:
