@@ -54,11 +54,14 @@ def provision(kube: Kube, namespace: str, url: str, path: str = f"./{OVERLAY}", 
 
 
 def wait_ready(kube: Kube, gvp: tuple[str, str, str], namespace: str, name: str,
-               status: str = "True", reason: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+               status: str = "True", reason: str | None = None, timeout: float = 10.0,
+               message: str = "") -> dict[str, Any]:
+    """Wait for a Ready condition; `message` (a prefix) tells apart failures that share a reason."""
     def probe() -> dict[str, Any] | None:
         obj = kube.get(gvp, namespace, name)
         ready = condition(obj, "Ready")
-        if ready and ready["status"] == status and (reason is None or ready["reason"] == reason):
+        if (ready and ready["status"] == status and (reason is None or ready["reason"] == reason)
+                and ready["message"].startswith(message)):
             return obj
         return None
 
@@ -121,7 +124,9 @@ def test_missing_path_is_artifact_failed(kube: Kube, git_server: GitServer) -> N
     git_server.commit("nopath", GOOD_TREE)
     provision(kube, "nopath", git_server.url("nopath"), path="./k8s/overlays/staging")
 
-    ks = wait_ready(kube, FLUX_KUSTOMIZE, "nopath", "nopath", status="False", reason="ArtifactFailed")
+    # Until the source is fetched the reason is ArtifactFailed too ("Source artifact not found"): wait for the path.
+    ks = wait_ready(kube, FLUX_KUSTOMIZE, "nopath", "nopath", status="False", reason="ArtifactFailed",
+                    message="kustomization path not found")
     ready = condition(ks, "Ready")
     assert ready is not None
     assert re.fullmatch(r"kustomization path not found: stat /tmp/kustomization-\d+/k8s/overlays/staging: "
