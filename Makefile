@@ -24,6 +24,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck
+	bash scripts/install-system-deps.sh
 	$(BIN)/pytest
 
 clean:
