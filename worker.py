@@ -2,7 +2,8 @@
 
 worker.py registers the workflows (workflows/) and the activities (activities/, one module per external system)
 on one task queue. Activities are synchronous and run on a thread pool whose size is the worker's activity slot
-count, so a slot always has a thread. SIGTERM and SIGINT drain the worker gracefully.
+count, so a slot always has a thread; the one asking Temporal itself about runs is async, on the worker's loop.
+SIGTERM and SIGINT drain the worker gracefully.
 """
 
 from __future__ import annotations
@@ -22,28 +23,36 @@ from activities.flux import FluxActivities
 from activities.git import GitActivities
 from activities.records import RecordActivities
 from activities.template import TemplateActivities
+from activities.temporal_runs import TemporalRunActivities
 from provisioner.db.engine import migrate
 from provisioner.settings import Settings
 from provisioner.temporal import connect
 from workflows.project_init import ProjectInitWorkflow
+from workflows.project_teardown import ProjectTeardownWorkflow
 
 log = logging.getLogger("provisioner.worker")
 
-WORKFLOWS: Sequence[type] = [ProjectInitWorkflow]
+WORKFLOWS: Sequence[type] = [ProjectInitWorkflow, ProjectTeardownWorkflow]
 
 
-def build_activities(settings: Settings) -> list[Callable[..., Any]]:
+def build_activities(settings: Settings, client: Client) -> list[Callable[..., Any]]:
     templates = TemplateActivities(settings.templates_dir)
     git = GitActivities(settings)
     records = RecordActivities(settings.effective_database_url)
     flux = FluxActivities(settings)
+    runs = TemporalRunActivities(client)
     return [
         templates.validate_template,
         git.create_repository,
         git.push_template,
+        git.delete_repository,
         records.upsert_project_record,
+        records.mark_project_record,
         flux.apply_flux_resources,
         flux.check_flux_readiness,
+        flux.delete_flux_resources,
+        flux.check_flux_deletion,
+        runs.describe_provisioning_run,
     ]
 
 
@@ -52,7 +61,7 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
-        activities=build_activities(settings),
+        activities=build_activities(settings, client),
         activity_executor=executor,
         # One slot per thread: a slot without a thread would queue activities inside the worker, invisibly.
         max_concurrent_activities=settings.activity_threads,

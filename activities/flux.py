@@ -1,7 +1,11 @@
-"""Activities against the Kubernetes cluster: apply the project's Flux resources and judge their readiness.
+"""Activities against the Kubernetes cluster: apply the project's Flux resources, judge their readiness, delete them.
 
 Everything goes through server-side apply with one field manager, so applying the same desired state twice is a
 no-op on the server (no new resourceVersion). Readiness is judged the way the flux CLI does.
+
+Deletion only touches objects labelled as this project's, with the read object's uid as a precondition (so an object
+recreated meanwhile is never deleted unseen), and treats 404 as done. It only requests deletion: finalizers (Flux's
+`finalizers.fluxcd.io`, the namespace's `kubernetes`) are honoured, and `check_flux_deletion` reports what remains.
 """
 
 from __future__ import annotations
@@ -21,15 +25,19 @@ from temporalio.exceptions import ApplicationError
 
 from provisioner.contracts import (
     MANAGED_BY,
+    DeletionReport,
     ErrorType,
     FluxApplyRequest,
     FluxApplyResult,
+    FluxDeletionRequest,
+    FluxDeletionResult,
     KubeObjectRef,
     ObjectReadiness,
     ProjectSpec,
     ReadinessReport,
     ReadinessRequest,
     ReadinessState,
+    RemainingObject,
     RepositoryInfo,
 )
 from provisioner.settings import Settings
@@ -41,10 +49,27 @@ KUSTOMIZE_GROUP, KUSTOMIZE_VERSION, KUSTOMIZATIONS = "kustomize.toolkit.fluxcd.i
 REQUESTED_AT_ANNOTATION = "reconcile.fluxcd.io/requestedAt"
 PROJECT_LABEL = "provisioner.dev/project"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+
+# (group, version, plural) of the project's custom objects.
+CUSTOM_KINDS: dict[str, tuple[str, str, str]] = {
+    "GitRepository": (SOURCE_GROUP, SOURCE_VERSION, GIT_REPOSITORIES),
+    "Kustomization": (KUSTOMIZE_GROUP, KUSTOMIZE_VERSION, KUSTOMIZATIONS),
+}
+# The Kustomization goes first so kustomize-controller prunes what it applied (spec.prune) before anything else
+# disappears; the Namespace last, which also sweeps whatever is left inside it.
+DELETION_ORDER = ("Kustomization", "GitRepository", "Namespace")
+# kubectl's default: the API answers at once and the garbage collector removes dependents afterwards; Foreground
+# would add a `foregroundDeletion` finalizer the teardown would then wait on for nothing it needs.
+PROPAGATION_POLICY = "Background"
+NAMESPACE_REMAINING_CONDITIONS = ("NamespaceContentRemaining", "NamespaceFinalizersRemaining")
+# `ApplicationError.type` for an object of the project's name that this project does not manage (not in
+# `contracts.ErrorType`: the teardown brief allowed one new type there, ProjectBusy).
+NOT_MANAGED_ERROR_TYPE = "ResourceNotManaged"
 
 
 def project_labels(slug: str) -> dict[str, str]:
-    return {"app.kubernetes.io/managed-by": MANAGED_BY, PROJECT_LABEL: slug}
+    return {MANAGED_BY_LABEL: MANAGED_BY, PROJECT_LABEL: slug}
 
 
 def namespace_manifest(spec: ProjectSpec) -> dict[str, Any]:
@@ -223,6 +248,119 @@ class FluxActivities:
             judged.append(judge_object(kind, obj))
             revision = (obj.get("status") or {}).get("lastAppliedRevision", revision) or revision
         return summarize(judged, revision)
+
+
+    @activity.defn(name="delete_flux_resources")
+    def delete_flux_resources(self, request: FluxDeletionRequest) -> FluxDeletionResult:
+        """Request the deletion of the Kustomization, the GitRepository and the Namespace; absent ones are done."""
+        requested: list[str] = []
+        absent: list[str] = []
+        for kind in DELETION_ORDER:
+            name = request.namespace if kind == "Namespace" else request.name
+            found = self._read(kind, request.namespace, name)
+            if found is None:
+                absent.append(f"{kind}/{name}")
+                continue
+            _check_managed(kind, found, request.project)
+            if self._delete(kind, request.namespace, found):
+                requested.append(f"{kind}/{name}")
+            else:
+                absent.append(f"{kind}/{name}")
+        activity.logger.info(
+            "deletion of %s requested; absent: %s", ", ".join(requested) or "nothing", ", ".join(absent) or "none"
+        )
+        return FluxDeletionResult(requested=requested, absent=absent)
+
+    @activity.defn(name="check_flux_deletion")
+    def check_flux_deletion(self, request: FluxDeletionRequest) -> DeletionReport:
+        """What of the project's objects still exists, and what holds it (deletionTimestamp, finalizers)."""
+        remaining: list[RemainingObject] = []
+        for kind in DELETION_ORDER:
+            name = request.namespace if kind == "Namespace" else request.name
+            found = self._read(kind, request.namespace, name)
+            if found is not None:
+                remaining.append(_remaining(kind, found))
+        return DeletionReport(remaining=remaining)
+
+    def _read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as JSON, or None when it does not exist."""
+        api_client = self._client()
+        try:
+            with _kube_errors(f"read {kind} {name if kind == 'Namespace' else f'{namespace}/{name}'}"):
+                if kind == "Namespace":
+                    found: Any = kube.CoreV1Api(api_client).read_namespace(name)
+                    return cast(dict[str, Any], api_client.sanitize_for_serialization(found))  # type: ignore[no-untyped-call]
+                group, version, plural = CUSTOM_KINDS[kind]
+                found = kube.CustomObjectsApi(api_client).get_namespaced_custom_object(
+                    group, version, namespace, plural, name
+                )
+                return cast(dict[str, Any], found)
+        except _NotFound:
+            return None
+
+    def _delete(self, kind: str, namespace: str, found: Mapping[str, Any]) -> bool:
+        """Delete exactly the object that was read (uid precondition); False when it is gone already."""
+        metadata = found["metadata"]
+        name = metadata["name"]
+        options = kube.V1DeleteOptions(
+            propagation_policy=PROPAGATION_POLICY, preconditions=kube.V1Preconditions(uid=metadata["uid"])
+        )
+        api_client = self._client()
+        try:
+            with _kube_errors(f"delete {kind} {name if kind == 'Namespace' else f'{namespace}/{name}'}"):
+                if kind == "Namespace":
+                    kube.CoreV1Api(api_client).delete_namespace(name, body=options)
+                else:
+                    group, version, plural = CUSTOM_KINDS[kind]
+                    kube.CustomObjectsApi(api_client).delete_namespaced_custom_object(
+                        group, version, namespace, plural, name, body=options
+                    )
+        except _NotFound:
+            return False
+        return True
+
+
+def _check_managed(kind: str, obj: Mapping[str, Any], project: str) -> None:
+    """Refuse to delete what this project did not create: a slug may well name someone else's namespace."""
+    labels = obj["metadata"].get("labels") or {}
+    if labels.get(MANAGED_BY_LABEL) == MANAGED_BY and labels.get(PROJECT_LABEL) == project:
+        return
+    owner = labels.get(PROJECT_LABEL) if labels.get(MANAGED_BY_LABEL) == MANAGED_BY else None
+    whose = f"belongs to project {owner!r}" if owner else f"is not managed by {MANAGED_BY}"
+    raise ApplicationError(
+        f"{kind} {obj['metadata']['name']!r} {whose}; refusing to delete it while tearing down {project!r}",
+        type=NOT_MANAGED_ERROR_TYPE,
+        non_retryable=True,
+    )
+
+
+def _remaining(kind: str, obj: Mapping[str, Any]) -> RemainingObject:
+    metadata = obj["metadata"]
+    finalizers = list(metadata.get("finalizers") or [])
+    detail = ""
+    if kind == "Namespace":
+        # The namespace's own finalizer (`kubernetes`) lives in spec; its conditions say what it waits for.
+        finalizers += [f for f in (obj.get("spec") or {}).get("finalizers") or [] if f not in finalizers]
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        detail = "; ".join(
+            str(c.get("message", ""))
+            for c in conditions
+            if c.get("type") in NAMESPACE_REMAINING_CONDITIONS and c.get("status") == "True" and c.get("message")
+        )
+    return RemainingObject(
+        kind=kind,
+        name=metadata["name"],
+        deletion_timestamp=_timestamp(metadata.get("deletionTimestamp")),
+        finalizers=finalizers,
+        detail=detail,
+    )
+
+
+def _timestamp(value: Any) -> str | None:
+    """deletionTimestamp as RFC 3339 text (the typed client may hand back a datetime)."""
+    if value is None or value == "":
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 def _ref(obj: Mapping[str, Any]) -> KubeObjectRef:

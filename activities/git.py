@@ -1,6 +1,6 @@
-"""Activities against the Git host: create the project's repository and push the rendered template into it.
+"""Activities against the Git host: create the project's repository, push the rendered template, delete it.
 
-Both are idempotent. `create_repository` returns the existing repository when it already belongs to the project.
+All are idempotent. `create_repository` returns the existing repository when it already belongs to the project.
 `push_template` renders the template again from the spec (activities may run on different hosts), builds the Git
 tree from exactly the rendered bytes and commits only when that tree differs from the branch head, so re-running
 it returns the same commit.
@@ -8,6 +8,8 @@ it returns the same commit.
 Credentials never travel on a command line or in a remote URL: a provider's push URL may embed them, but they are
 split off and handed to git as an `http.<url>.extraHeader` through `GIT_CONFIG_*` environment variables, and every
 error message is scrubbed before it leaves this module.
+
+`delete_repository` removes only a repository that carries the project's ownership marker; a missing one is done.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from provisioner.contracts import (
     ProjectSpec,
     PushRequest,
     PushResult,
+    RepositoryDeletionRequest,
+    RepositoryDeletionResult,
     RepositoryInfo,
 )
 from provisioner.settings import Settings
@@ -110,6 +114,10 @@ class RepositoryProvider(Protocol):
         """The URL to push to; may embed credentials, so it is never logged nor returned from an activity."""
         ...
 
+    def delete_repository(self, slug: str) -> bool:
+        """Delete the project's repository; False when there is none. Someone else's is a RepositoryConflict."""
+        ...
+
 
 def repository_conflict(message: str) -> ApplicationError:
     return ApplicationError(message, type=ErrorType.REPOSITORY_CONFLICT, non_retryable=True)
@@ -129,10 +137,7 @@ class LocalRepositoryProvider:
         return self._repos_dir / f"{slug}.git"
 
     def ensure_repository(self, slug: str, description: str) -> RepositoryInfo:
-        if not SLUG_PATTERN.fullmatch(slug):
-            raise ApplicationError(
-                f"invalid repository name {slug!r}", type=ErrorType.INVALID_INPUT, non_retryable=True
-            )
+        _check_repository_name(slug)
         path = self.repository_path(slug)
         created = not os.path.lexists(path) and self._create(path, slug, description)
         if created:
@@ -141,6 +146,29 @@ class LocalRepositoryProvider:
         else:
             branch = self._check_owned_by(path, slug)
         return RepositoryInfo(name=slug, clone_url=self._url(slug), default_branch=branch, created=created)
+
+    def delete_repository(self, slug: str) -> bool:
+        _check_repository_name(slug)
+        path = self.repository_path(slug)
+        if not os.path.lexists(path):
+            return False
+        if path.is_symlink():
+            raise repository_conflict(
+                f"repository {path.name!r} is a symbolic link, not a repository created by {MANAGED_BY}; "
+                "refusing to delete it"
+            )
+        self._check_owned_by(path, slug)
+        # Renamed out of the served name first (the leading dot hides it), so no client ever sees a half-deleted
+        # repository and a concurrent delete finds nothing; then removed.
+        doomed = Path(tempfile.mkdtemp(prefix=f".deleting-{slug}-", dir=self._repos_dir))
+        try:
+            os.rename(path, doomed / "repository")
+        except FileNotFoundError:
+            shutil.rmtree(doomed, ignore_errors=True)
+            return False  # another call deleted it meanwhile
+        shutil.rmtree(doomed)
+        log.info("deleted repository %s", path.name)
+        return True
 
     def push_url(self, repository: RepositoryInfo) -> str:
         url = self._url(repository.name)
@@ -197,6 +225,11 @@ class LocalRepositoryProvider:
                 f"repository {path.name!r} already exists and belongs to project {owner!r}, not {slug!r}"
             )
         return _head_branch(path) or self._default_branch
+
+
+def _check_repository_name(slug: str) -> None:
+    if not SLUG_PATTERN.fullmatch(slug):
+        raise ApplicationError(f"invalid repository name {slug!r}", type=ErrorType.INVALID_INPUT, non_retryable=True)
 
 
 def _head_branch(bare_repo: Path) -> str | None:
@@ -339,6 +372,11 @@ class GitActivities:
     @activity.defn(name="create_repository")
     def create_repository(self, spec: ProjectSpec) -> RepositoryInfo:
         return self._provider.ensure_repository(spec.slug, repository_description(spec))
+
+    @activity.defn(name="delete_repository")
+    def delete_repository(self, request: RepositoryDeletionRequest) -> RepositoryDeletionResult:
+        deleted = self._provider.delete_repository(request.slug)
+        return RepositoryDeletionResult(name=request.slug, deleted=deleted)
 
     @activity.defn(name="push_template")
     def push_template(self, request: PushRequest) -> PushResult:

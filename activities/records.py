@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.sql import ColumnElement
@@ -86,14 +87,31 @@ class RecordActivities:
 
     @activity.defn(name="upsert_project_record")
     def upsert_project_record(self, update: ProjectRecordUpdate) -> ProjectRecordSummary:
+        """Create or update the record (provisioning). Teardown statuses go through `mark_project_record`."""
         summary = upsert_project(self.engine, update)
+        self._log(summary)
+        return summary
+
+    @activity.defn(name="mark_project_record")
+    def mark_project_record(self, update: ProjectRecordUpdate) -> ProjectRecordSummary | None:
+        """Update an existing record only (teardown): None, writing nothing, when the project was never recorded.
+
+        Tearing down an unknown project must not leave behind a row holding nothing but a slug and a status.
+        """
+        summary = update_project(self.engine, update)
+        if summary is None:
+            activity.logger.info("No record of project %s: nothing to mark %s", update.slug, update.status)
+            return None
+        self._log(summary)
+        return summary
+
+    def _log(self, summary: ProjectRecordSummary) -> None:
         activity.logger.info(
             "Project record %s is %s (database host %s)",
             summary.slug,
             summary.status.value,
             database_host(self._database_url),
         )
-        return summary
 
 
 def upsert_project(engine: Engine, update: ProjectRecordUpdate, *, now: datetime | None = None) -> ProjectRecordSummary:
@@ -111,6 +129,29 @@ def upsert_project(engine: Engine, update: ProjectRecordUpdate, *, now: datetime
             row = connection.execute(statement).one()
     except (IntegrityError, DataError) as error:
         raise _invalid_record(update.slug, _database_reason(error)) from error
+    return ProjectRecordSummary(
+        slug=row.slug, status=ProjectStatus(row.status), updated_at=row.updated_at, ready_at=row.ready_at
+    )
+
+
+def update_project(
+    engine: Engine, update: ProjectRecordUpdate, *, now: datetime | None = None
+) -> ProjectRecordSummary | None:
+    """Update the existing record of `update.slug` as `upsert_project` would; None, writing nothing, without one."""
+    status = _checked_update(update)
+    timestamp = now or datetime.now(UTC)
+    values: dict[str, Any] = {name: getattr(update, name) for name in _OPTIONAL_FIELDS if getattr(update, name)}
+    values.update(status=status.value, updated_at=timestamp)
+    if status is ProjectStatus.READY:
+        values["ready_at"] = func.coalesce(Project.ready_at, timestamp)
+    statement = sql_update(Project).where(Project.slug == update.slug).values(values).returning(*_SUMMARY_COLUMNS)
+    try:
+        with engine.begin() as connection:
+            row = connection.execute(statement).one_or_none()
+    except (IntegrityError, DataError) as error:
+        raise _invalid_record(update.slug, _database_reason(error)) from error
+    if row is None:
+        return None
     return ProjectRecordSummary(
         slug=row.slug, status=ProjectStatus(row.status), updated_at=row.updated_at, ready_at=row.ready_at
     )

@@ -1,4 +1,4 @@
-"""ProvisionerClient: what a backend uses to start provisioning runs and watch their progress."""
+"""ProvisionerClient: what a backend uses to start provisioning and teardown runs and watch their progress."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import timedelta
+from typing import Any, TypeVar
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from provisioner.contracts import (
+    DEFAULT_DELETION_TIMEOUT,
     SEARCH_ATTRIBUTE_SLUG,
     SEARCH_ATTRIBUTE_STATUS,
     SEARCH_ATTRIBUTE_TEMPLATE,
@@ -28,12 +30,22 @@ from provisioner.contracts import (
     ProjectStatus,
     ProvisioningResult,
     RunSummary,
+    TeardownResult,
+    TeardownSpec,
     provisioning_workflow_id,
+    teardown_workflow_id,
     validate_spec,
+    validate_teardown_spec,
 )
 from workflows.project_init import ProjectInitWorkflow
+from workflows.project_teardown import ProjectTeardownWorkflow
 
 ProvisioningHandle = WorkflowHandle[ProjectInitWorkflow, ProvisioningResult]
+TeardownHandle = WorkflowHandle[ProjectTeardownWorkflow, TeardownResult]
+InputT = TypeVar("InputT")
+
+# Both project workflows answer this query with a `Progress`.
+PROGRESS_QUERY = "progress"
 
 
 class InvalidRequest(ValueError):
@@ -84,38 +96,113 @@ class ProvisionerClient:
                 f"environment `{spec.environment}`, wait for Ready: {spec.wait_for_ready}"
             ),
         )
-        running_spec = await self._running_spec(handle)
+        running_spec = await self._started_input(handle, ProjectSpec)
         if running_spec is not None and asdict(running_spec) != asdict(spec):
             raise ProjectConflict(
                 f"project {spec.slug!r} is already being provisioned with a different request (run {handle.run_id})"
             )
         return handle
 
-    async def _running_spec(self, handle: ProvisioningHandle) -> ProjectSpec | None:
-        """The spec the current run was started with (the history's first event)."""
+    async def teardown(
+        self,
+        slug: str,
+        *,
+        delete_repository: bool = False,
+        deletion_timeout: timedelta = DEFAULT_DELETION_TIMEOUT,
+    ) -> TeardownHandle:
+        """Start tearing SLUG down, or return the teardown already running with this same request.
+
+        Refused with ProjectConflict while SLUG is being provisioned (the workflow checks again: ProjectBusy).
+        The repository is kept unless `delete_repository`.
+        """
+        spec = TeardownSpec(slug=slug, delete_repository=delete_repository, deletion_timeout=deletion_timeout)
+        errors = validate_teardown_spec(spec)
+        if errors:
+            raise InvalidRequest(errors)
+        provisioning = await self._describe(self.handle(slug))
+        if provisioning is not None and provisioning.status == WorkflowExecutionStatus.RUNNING:
+            raise ProjectConflict(
+                f"project {slug!r} is being provisioned (run {provisioning.run_id}); "
+                "wait for it to end, or cancel it, before tearing the project down"
+            )
+        attributes = [
+            SearchAttributePair(SEARCH_ATTRIBUTE_SLUG, slug),
+            SearchAttributePair(SEARCH_ATTRIBUTE_STATUS, ProjectStatus.DELETING.value),
+        ]
+        template = provisioning.typed_search_attributes.get(SEARCH_ATTRIBUTE_TEMPLATE) if provisioning else None
+        if template:
+            attributes.append(SearchAttributePair(SEARCH_ATTRIBUTE_TEMPLATE, template))
+        repository = "delete its repository" if delete_repository else "keep its repository"
+        handle: TeardownHandle = await self._client.start_workflow(
+            ProjectTeardownWorkflow.run,
+            spec,
+            id=teardown_workflow_id(slug),
+            task_queue=self._task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            search_attributes=TypedSearchAttributes(attributes),
+            static_summary=f"Tear down {slug} and {repository}",
+            static_details=(
+                f"`{slug}`: delete its Kustomization, GitRepository and Namespace, then {repository}; "
+                f"deletion timeout {deletion_timeout}"
+            ),
+        )
+        running_spec = await self._started_input(handle, TeardownSpec)
+        if running_spec is not None and asdict(running_spec) != asdict(spec):
+            raise ProjectConflict(
+                f"project {slug!r} is already being torn down with a different request (run {handle.run_id})"
+            )
+        return handle
+
+    async def _describe(self, handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionDescription | None:
+        try:
+            return await handle.describe()
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+
+    async def _started_input(self, handle: WorkflowHandle[Any, Any], input_type: type[InputT]) -> InputT | None:
+        """The input the current run was started with (the history's first event)."""
         async for event in handle.fetch_history_events():
             attributes = event.workflow_execution_started_event_attributes
             payloads = list(attributes.input.payloads)
             if not payloads:
                 return None
-            decoded = await self._client.data_converter.decode(payloads, [ProjectSpec])
-            spec = decoded[0]
-            return spec if isinstance(spec, ProjectSpec) else None
+            decoded = await self._client.data_converter.decode(payloads, [input_type])
+            value = decoded[0]
+            return value if isinstance(value, input_type) else None
         return None
 
     def handle(self, slug: str) -> ProvisioningHandle:
         return self._client.get_workflow_handle_for(ProjectInitWorkflow.run, provisioning_workflow_id(slug))
 
+    def teardown_handle(self, slug: str) -> TeardownHandle:
+        return self._client.get_workflow_handle_for(ProjectTeardownWorkflow.run, teardown_workflow_id(slug))
+
     async def progress(self, slug: str) -> Progress:
         return await self.handle(slug).query(ProjectInitWorkflow.progress)
 
+    async def teardown_progress(self, slug: str) -> Progress:
+        return await self.teardown_handle(slug).query(ProjectTeardownWorkflow.progress)
+
     async def watch(self, slug: str, interval: timedelta = timedelta(milliseconds=250)) -> AsyncIterator[Progress]:
-        """Yield the progress each time it changes, ending with the terminal state."""
-        handle = self.handle(slug)
+        """Yield the provisioning progress each time it changes, ending with the terminal state."""
+        async for progress in self._watch(self.handle(slug), interval):
+            yield progress
+
+    async def watch_teardown(
+        self, slug: str, interval: timedelta = timedelta(milliseconds=250)
+    ) -> AsyncIterator[Progress]:
+        """Yield the teardown progress each time it changes, ending with the terminal state."""
+        async for progress in self._watch(self.teardown_handle(slug), interval):
+            yield progress
+
+    async def _watch(self, handle: WorkflowHandle[Any, Any], interval: timedelta) -> AsyncIterator[Progress]:
         last: Progress | None = None
         while True:
             try:
-                progress = await handle.query(ProjectInitWorkflow.progress)
+                progress = await handle.query(PROGRESS_QUERY, result_type=Progress)
             except RPCError:
                 # The run may be between tasks right after start; its status decides whether to keep trying.
                 description = await handle.describe()
@@ -132,6 +219,9 @@ class ProvisionerClient:
 
     async def wait(self, slug: str) -> ProvisioningResult:
         return await self.handle(slug).result()
+
+    async def wait_teardown(self, slug: str) -> TeardownResult:
+        return await self.teardown_handle(slug).result()
 
     async def list(
         self, *, status: ProjectStatus | None = None, template: str | None = None, limit: int = 100

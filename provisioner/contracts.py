@@ -132,6 +132,7 @@ class ErrorType(StrEnum):
     REPOSITORY_CONFLICT = "RepositoryConflict"
     FLUX_STALLED = "FluxStalled"
     CLUSTER_REJECTED = "ClusterRejected"  # the Kubernetes API refused a request no retry can fix (4xx)
+    PROJECT_BUSY = "ProjectBusy"  # another operation (e.g. a provisioning run) is running for the project
 
 
 @dataclass(frozen=True)
@@ -397,10 +398,108 @@ class RunSummary:
     closed_at: datetime | None
 
 
+DEFAULT_DELETION_TIMEOUT = timedelta(minutes=5)
+MIN_DELETION_TIMEOUT = timedelta(seconds=1)
+MAX_DELETION_TIMEOUT = timedelta(hours=1)
+
+
 @dataclass
 class TeardownSpec:
     """Remove a project's cluster resources and mark its record deleted; the repository is kept unless asked."""
 
     slug: str
     delete_repository: bool = False
-    deletion_timeout: timedelta = timedelta(minutes=5)
+    deletion_timeout: timedelta = DEFAULT_DELETION_TIMEOUT
+
+
+# ---- Teardown: validation, activity inputs and results, the workflow result ------------------------------
+
+
+def validate_teardown_spec(spec: TeardownSpec) -> list[FieldError]:
+    """Check a teardown request's shape (the slug follows the same rule as when provisioning)."""
+    errors = _slug_errors(spec.slug)
+    if not isinstance(spec.deletion_timeout, timedelta) or not (
+        MIN_DELETION_TIMEOUT <= spec.deletion_timeout <= MAX_DELETION_TIMEOUT
+    ):
+        errors.append(
+            FieldError(
+                "deletion_timeout",
+                f"must be between {int(MIN_DELETION_TIMEOUT.total_seconds())} s "
+                f"and {int(MAX_DELETION_TIMEOUT.total_seconds() // 60)} min",
+            )
+        )
+    return errors
+
+
+def _slug_errors(slug: str) -> list[FieldError]:
+    probe = ProjectSpec(slug=slug, display_name="-", template="-")
+    return [error for error in validate_spec(probe) if error.field == "slug"]
+
+
+@dataclass
+class FluxDeletionRequest:
+    """The project's Flux objects: the Namespace `namespace` and, inside it, the GitRepository and the
+    Kustomization named `name`."""
+
+    namespace: str
+    name: str
+    project: str  # the slug the objects' `provisioner.dev/project` label must name before they are deleted
+
+
+@dataclass
+class FluxDeletionResult:
+    requested: list[str]  # "Kind/name" of the objects whose deletion was requested (or already in progress)
+    absent: list[str]  # "Kind/name" of the objects that did not exist
+
+
+@dataclass
+class RemainingObject:
+    """An object that still exists while a teardown waits for it to be gone, and what holds it."""
+
+    kind: str
+    name: str
+    deletion_timestamp: str | None  # None: not being deleted (e.g. created again meanwhile)
+    finalizers: list[str] = field(default_factory=list)
+    detail: str = ""  # e.g. the Namespace's NamespaceFinalizersRemaining condition message
+
+    def describe(self) -> str:
+        if self.deletion_timestamp is None:
+            state = "not being deleted"
+        else:
+            state = f"deleting since {self.deletion_timestamp}"
+            if self.finalizers:
+                state += ", waiting on finalizers " + ", ".join(self.finalizers)
+        detail = f"; {self.detail}" if self.detail else ""
+        return f"{self.kind}/{self.name} ({state}{detail})"
+
+
+@dataclass
+class DeletionReport:
+    remaining: list[RemainingObject] = field(default_factory=list)
+
+    @property
+    def gone(self) -> bool:
+        return not self.remaining
+
+    def describe(self) -> str:
+        return "; ".join(item.describe() for item in self.remaining) if self.remaining else "all gone"
+
+
+@dataclass
+class RepositoryDeletionRequest:
+    slug: str
+
+
+@dataclass
+class RepositoryDeletionResult:
+    name: str
+    deleted: bool  # False when there was no repository to delete
+
+
+@dataclass
+class TeardownResult:
+    slug: str
+    status: ProjectStatus
+    message: str
+    repository_deleted: bool
+    progress: Progress

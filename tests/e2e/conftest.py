@@ -1,0 +1,140 @@
+"""The end-to-end stack shared by the e2e modules: a local Temporal dev server (session fixture `local_env`), the real
+worker, real git over HTTP, a throw-away PostgreSQL database and the sandbox cluster with its Flux simulator.
+Each test module gets its own stack (module scope); the helpers read the systems back for the assertions."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as kube
+from kubernetes.client.exceptions import ApiException
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from provisioner.client import ProvisionerClient
+from provisioner.contracts import ProjectSpec
+from provisioner.db import migrate
+from provisioner.gitserver import GitHttpServer
+from provisioner.sandbox.cluster import FluxSimulatorConfig, SandboxCluster
+from provisioner.settings import PROJECT_ROOT, Secret, Settings
+from tests.postgres import temporary_postgres_database
+from worker import build_worker
+
+FLUX_GROUPS = {
+    "GitRepository": ("source.toolkit.fluxcd.io", "v1", "gitrepositories"),
+    "Kustomization": ("kustomize.toolkit.fluxcd.io", "v1", "kustomizations"),
+}
+FIXTURE_TEMPLATES = Path(__file__).resolve().parent.parent / "templating" / "fixtures" / "templates"
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    cluster: SandboxCluster
+    provisioner: ProvisionerClient
+    api: kube.ApiClient
+    temporal: Client
+
+    def flux_object_exists(self, kind: str, slug: str) -> bool:
+        group, version, plural = FLUX_GROUPS[kind]
+        try:
+            kube.CustomObjectsApi(self.api).get_namespaced_custom_object(group, version, slug, plural, slug)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    def flux_object(self, kind: str, slug: str) -> dict[str, Any]:
+        group, version, plural = FLUX_GROUPS[kind]
+        found = kube.CustomObjectsApi(self.api).get_namespaced_custom_object(group, version, slug, plural, slug)
+        assert isinstance(found, dict)
+        return found
+
+    def resource_versions(self, slug: str) -> dict[str, str]:
+        namespace = kube.CoreV1Api(self.api).read_namespace(slug)
+        assert namespace.metadata is not None and namespace.metadata.resource_version is not None
+        versions = {"Namespace": namespace.metadata.resource_version}
+        for kind in FLUX_GROUPS:
+            versions[kind] = self.flux_object(kind, slug)["metadata"]["resourceVersion"]
+        return versions
+
+    def namespace_exists(self, slug: str) -> bool:
+        names = [ns.metadata.name for ns in kube.CoreV1Api(self.api).list_namespace().items if ns.metadata]
+        return slug in names
+
+
+@pytest.fixture(scope="module")
+def templates_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped catalogue plus a broken template whose tree lacks its kustomize path."""
+    catalogue = tmp_path_factory.mktemp("templates")
+    shutil.copytree(PROJECT_ROOT / "templates" / "web-service", catalogue / "web-service")
+    shutil.copytree(FIXTURE_TEMPLATES / "no-overlay", catalogue / "no-overlay")
+    return catalogue
+
+
+@pytest.fixture(scope="module")
+def database_url(admin_database_url: str) -> Iterator[str]:
+    with temporary_postgres_database(admin_database_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    local_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory, templates_dir: Path, database_url: str
+) -> AsyncIterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("data")
+    token = Secret(uuid.uuid4().hex)
+    with (
+        GitHttpServer(data_dir / "git", token=token) as git,
+        SandboxCluster(flux=FluxSimulatorConfig(source_retry_interval=0.2)) as cluster,
+    ):
+        settings = Settings(
+            data_dir=data_dir,
+            database_url=Secret(database_url),
+            templates_dir=templates_dir,
+            task_queue=f"e2e-{uuid.uuid4().hex[:8]}",
+            git_base_url=git.base_url,
+            git_token=token,
+            kubeconfig=str(cluster.write_kubeconfig(data_dir / "kubeconfig")),
+            activity_threads=4,
+        )
+        migrate(database_url)
+        with ThreadPoolExecutor(max_workers=settings.activity_threads) as executor:
+            async with build_worker(local_env.client, settings, executor):
+                yield Stack(
+                    settings,
+                    cluster,
+                    ProvisionerClient(local_env.client, settings.task_queue),
+                    cluster.api_client(),
+                    local_env.client,
+                )
+
+
+def spec_for(slug: str, **overrides: Any) -> ProjectSpec:
+    values: dict[str, Any] = {
+        "slug": slug,
+        "display_name": f"Project {slug}",
+        "template": "web-service",
+        "parameters": {"owner": "payments"},
+        "ready_timeout": timedelta(seconds=60),
+    }
+    values.update(overrides)
+    return ProjectSpec(**values)
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+
+
+def unique_slug(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"

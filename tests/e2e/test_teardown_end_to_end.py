@@ -1,0 +1,146 @@
+"""Teardown end to end on a local Temporal dev server: provision for real, tear down for real, then read the cluster,
+the Git host and PostgreSQL back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+
+from activities.records import get_project
+from provisioner.client import ProjectConflict
+from provisioner.contracts import (
+    SEARCH_ATTRIBUTE_STATUS,
+    ErrorType,
+    ProjectStatus,
+    StepName,
+    StepState,
+    TeardownResult,
+    TeardownSpec,
+    teardown_workflow_id,
+)
+from tests.e2e.conftest import Stack, git, spec_for, unique_slug
+from workflows.project_teardown import ProjectTeardownWorkflow
+
+
+async def provision(stack: Stack, slug: str) -> str:
+    result = await (await stack.provisioner.start(spec_for(slug))).result()
+    assert result.status is ProjectStatus.READY, result.message
+    return result.repo_url
+
+
+def assert_cluster_resources_gone(stack: Stack, slug: str) -> None:
+    assert not stack.namespace_exists(slug)
+    assert not stack.flux_object_exists("Kustomization", slug)
+    assert not stack.flux_object_exists("GitRepository", slug)
+
+
+def repository_is_served(url: str) -> bool:
+    try:
+        git("ls-remote", url)
+    except Exception:
+        return False
+    return True
+
+
+async def test_teardown_removes_the_cluster_resources_and_keeps_the_repository(stack: Stack) -> None:
+    slug = unique_slug("gone")
+    repo_url = await provision(stack, slug)
+    assert stack.namespace_exists(slug)
+
+    handle = await stack.provisioner.teardown(slug)
+    assert handle.id == teardown_workflow_id(slug)
+    result: TeardownResult = await handle.result()
+
+    assert result.status is ProjectStatus.DELETED and not result.repository_deleted
+    assert_cluster_resources_gone(stack, slug)
+    assert repository_is_served(repo_url)
+    record = get_project(stack.settings.effective_database_url, slug)
+    assert record is not None
+    assert record.status is ProjectStatus.DELETED
+    assert record.last_message == "cluster resources deleted; repository kept"
+    assert record.workflow_id == handle.id
+    assert record.repo_url == repo_url  # what was provisioned stays on the record
+    steps = {s.name: s for s in result.progress.steps}
+    assert steps[StepName.DELETE_REPOSITORY].state is StepState.SKIPPED
+    assert result.progress.percent == 100
+    description = await handle.describe()
+    assert description.typed_search_attributes.get(SEARCH_ATTRIBUTE_STATUS) == ProjectStatus.DELETED.value
+    assert (await stack.provisioner.teardown_progress(slug)).status is ProjectStatus.DELETED
+
+
+async def test_teardown_deletes_the_repository_when_asked(stack: Stack) -> None:
+    slug = unique_slug("purge")
+    repo_url = await provision(stack, slug)
+
+    handle = await stack.provisioner.teardown(slug, delete_repository=True)
+    watched = [progress async for progress in stack.provisioner.watch_teardown(slug)]
+    result = await handle.result()
+
+    assert result.repository_deleted and result.message == "cluster resources deleted; repository deleted"
+    assert watched[-1].status is ProjectStatus.DELETED
+    assert_cluster_resources_gone(stack, slug)
+    assert not (stack.settings.git_repos_dir / f"{slug}.git").exists()
+    assert not repository_is_served(repo_url)
+    record = get_project(stack.settings.effective_database_url, slug)
+    assert record is not None and record.status is ProjectStatus.DELETED
+
+
+async def test_tearing_down_twice_or_a_project_that_never_existed_is_fine(stack: Stack) -> None:
+    slug = unique_slug("twice")
+    await provision(stack, slug)
+    first = await (await stack.provisioner.teardown(slug, delete_repository=True)).result()
+    second = await (await stack.provisioner.teardown(slug, delete_repository=True)).result()
+
+    assert first.status is second.status is ProjectStatus.DELETED
+    assert first.repository_deleted and not second.repository_deleted
+    steps = {s.name: s for s in second.progress.steps}
+    assert steps[StepName.DELETE_FLUX_RESOURCES].message.startswith("nothing to delete")
+    assert_cluster_resources_gone(stack, slug)
+    record = get_project(stack.settings.effective_database_url, slug)
+    assert record is not None and record.status is ProjectStatus.DELETED
+
+    stranger = unique_slug("never")
+    result = await (await stack.provisioner.teardown(stranger)).result()
+    assert result.status is ProjectStatus.DELETED
+    assert get_project(stack.settings.effective_database_url, stranger) is None  # no half-row invented
+    assert not stack.namespace_exists(stranger)
+    assert not (stack.settings.git_repos_dir / f"{stranger}.git").exists()
+
+
+async def test_teardown_while_provisioning_runs_is_refused(stack: Stack) -> None:
+    slug = unique_slug("busy")
+    stack.cluster.flux.hold(namespace=slug)
+    try:
+        provisioning = await stack.provisioner.start(spec_for(slug))
+        async for progress in stack.provisioner.watch(slug):
+            if {s.name: s for s in progress.steps}[StepName.AWAIT_READY].state is StepState.RUNNING:
+                break
+
+        # The client refuses up front...
+        with pytest.raises(ProjectConflict, match="being provisioned"):
+            await stack.provisioner.teardown(slug)
+        # ... and the workflow itself refuses when started some other way.
+        handle = await stack.temporal.start_workflow(
+            ProjectTeardownWorkflow.run,
+            TeardownSpec(slug=slug, delete_repository=True),
+            id=teardown_workflow_id(slug),
+            task_queue=stack.settings.task_queue,
+        )
+        with pytest.raises(WorkflowFailureError) as raised:
+            await handle.result()
+        cause = raised.value.cause
+        assert isinstance(cause, ApplicationError)
+        assert cause.type == ErrorType.PROJECT_BUSY.value
+
+        # Nothing was touched.
+        assert stack.namespace_exists(slug) and stack.flux_object_exists("Kustomization", slug)
+        assert (stack.settings.git_repos_dir / f"{slug}.git").exists()
+        record = get_project(stack.settings.effective_database_url, slug)
+        assert record is not None and record.status is ProjectStatus.PROVISIONING
+    finally:
+        stack.cluster.flux.release()
+    result = await asyncio.wait_for(provisioning.result(), timeout=60)
+    assert result.status is ProjectStatus.READY

@@ -1,0 +1,240 @@
+"""ProjectTeardownWorkflow: remove one project's cluster resources (and, if asked, its repository), durably.
+
+check that no provisioning run is active -> mark the record deleting -> delete the Kustomization, the GitRepository
+and the Namespace -> wait until they are gone -> delete the repository (only if asked) -> mark the record deleted.
+
+Every step is idempotent and treats "already gone" as done, so tearing down a deleted (or never provisioned)
+project succeeds and creates nothing. Waiting is a loop of short checks between durable timers, as in
+ProjectInitWorkflow: a teardown waiting on finalizers holds no worker thread.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, is_cancelled_exception
+
+from workflows.steps import StepFailed, StepPolicy, StepRunner, describe_failure, step_policy
+
+with workflow.unsafe.imports_passed_through():
+    from provisioner.contracts import (
+        STEP_TITLES,
+        TEARDOWN_STEPS,
+        DeletionReport,
+        ErrorType,
+        FluxDeletionRequest,
+        FluxDeletionResult,
+        Progress,
+        ProjectRecordUpdate,
+        ProjectStatus,
+        RepositoryDeletionRequest,
+        RepositoryDeletionResult,
+        StepName,
+        TeardownResult,
+        TeardownSpec,
+        provisioning_workflow_id,
+        validate_teardown_spec,
+    )
+
+# Activity names (see workflows/project_init.py: the workflow imports none of the activities' code).
+DESCRIBE_PROVISIONING_RUN = "describe_provisioning_run"
+MARK_PROJECT_RECORD = "mark_project_record"  # update-only: never creates a record
+DELETE_FLUX_RESOURCES = "delete_flux_resources"
+CHECK_FLUX_DELETION = "check_flux_deletion"
+DELETE_REPOSITORY = "delete_repository"
+
+# `ApplicationError.type` of a teardown whose objects outlived `deletion_timeout` (not in `contracts.ErrorType`).
+DELETION_TIMED_OUT = "DeletionTimedOut"
+
+STEP_POLICIES: dict[StepName, StepPolicy] = {
+    StepName.MARK_DELETING: step_policy(timedelta(seconds=30), 12, timedelta(seconds=30)),
+    StepName.DELETE_FLUX_RESOURCES: step_policy(timedelta(seconds=30), 12, timedelta(seconds=30)),
+    # One deletion check: retried by the server a few times; the wait loop itself is the outer retry.
+    StepName.AWAIT_DELETION: step_policy(timedelta(seconds=20), 3, timedelta(seconds=2)),
+    StepName.DELETE_REPOSITORY: step_policy(timedelta(seconds=30), 8, timedelta(seconds=30)),
+    StepName.MARK_DELETED: step_policy(timedelta(seconds=30), 12, timedelta(seconds=30)),
+}
+BUSY_CHECK_POLICY = step_policy(timedelta(seconds=10), 5, timedelta(seconds=5))
+
+DELETION_POLL_INITIAL_INTERVAL = timedelta(seconds=1)
+DELETION_POLL_MAXIMUM_INTERVAL = timedelta(seconds=10)
+DELETION_POLL_BACKOFF = 1.5
+
+RUNNING = "RUNNING"  # temporalio.client.WorkflowExecutionStatus.RUNNING.name
+
+
+@workflow.defn(name="ProjectTeardownWorkflow")
+class ProjectTeardownWorkflow:
+    @workflow.init
+    def __init__(self, spec: TeardownSpec) -> None:
+        self._spec = spec
+        self._steps = StepRunner(spec.slug, TEARDOWN_STEPS, STEP_POLICIES)
+        self._record_exists = False
+
+    @workflow.query
+    def progress(self) -> Progress:
+        return self._steps.progress()
+
+    @workflow.run
+    async def run(self, spec: TeardownSpec) -> TeardownResult:
+        try:
+            return await self._teardown(spec)
+        except StepFailed as failure:
+            await self._record_failure(failure)
+            raise failure.to_application_error(self.progress()) from None
+
+    async def _teardown(self, spec: TeardownSpec) -> TeardownResult:
+        steps, slug = self._steps, spec.slug
+        field_errors = validate_teardown_spec(spec)
+        if field_errors:
+            message = "invalid teardown request: " + "; ".join(map(str, field_errors))
+            steps.fail(StepName.MARK_DELETING, 1, message)
+            raise StepFailed(StepName.MARK_DELETING, message, ErrorType.INVALID_INPUT.value)
+        await self._refuse_while_provisioning(slug)
+
+        steps.set_status(ProjectStatus.DELETING, f"tearing down {slug}")
+        marked = await steps.run(
+            StepName.MARK_DELETING,
+            MARK_PROJECT_RECORD,
+            ProjectRecordUpdate(
+                slug=slug,
+                status=ProjectStatus.DELETING,
+                workflow_id=workflow.info().workflow_id,
+                last_message="teardown started: deleting the cluster resources",
+            ),
+            object,
+            lambda r: f"record {slug} marked deleting" if r is not None else "no record: nothing to mark",
+        )
+        self._record_exists = marked is not None
+
+        request = FluxDeletionRequest(namespace=slug, name=slug, project=slug)
+        await steps.run(
+            StepName.DELETE_FLUX_RESOURCES, DELETE_FLUX_RESOURCES, request, FluxDeletionResult, _describe_deletion
+        )
+        await self._await_deletion(spec, request)
+
+        repository_deleted = False
+        if spec.delete_repository:
+            deleted = await steps.run(
+                StepName.DELETE_REPOSITORY,
+                DELETE_REPOSITORY,
+                RepositoryDeletionRequest(slug=slug),
+                RepositoryDeletionResult,
+                lambda r: f"deleted repository {r.name}" if r.deleted else "no repository to delete",
+            )
+            repository_deleted = deleted.deleted
+            repository = "repository deleted" if repository_deleted else "no repository to delete"
+        else:
+            steps.skip(StepName.DELETE_REPOSITORY, "kept: the repository stays (deletion not requested)")
+            repository = "repository kept"
+        message = f"cluster resources deleted; {repository}"
+
+        await steps.run(
+            StepName.MARK_DELETED,
+            MARK_PROJECT_RECORD,
+            ProjectRecordUpdate(slug=slug, status=ProjectStatus.DELETED, last_message=message),
+            object,
+            lambda r: f"record {slug} marked deleted" if r is not None else "no record: nothing to mark",
+        )
+        steps.set_status(ProjectStatus.DELETED, message)
+        return TeardownResult(
+            slug=slug,
+            status=ProjectStatus.DELETED,
+            message=message,
+            repository_deleted=repository_deleted,
+            progress=self.progress(),
+        )
+
+    async def _refuse_while_provisioning(self, slug: str) -> None:
+        """Fail with ProjectBusy, before anything is touched, while a provisioning run of `slug` is running.
+
+        A provisioning started after this check is not prevented (Temporal has no cross-workflow lock); the
+        client refuses to start a teardown during provisioning as well, which narrows that window to a race.
+        """
+        step = StepName.MARK_DELETING
+        try:
+            status = await self._steps.run_once(
+                DESCRIBE_PROVISIONING_RUN, slug, BUSY_CHECK_POLICY, "Check that no provisioning run is active"
+            )
+        except ActivityError as error:
+            if is_cancelled_exception(error):
+                raise
+            message, error_type, _ = describe_failure(error)
+            message = f"could not check for a running provisioning of {slug}: {message}"
+            self._steps.fail(step, 1, message)
+            raise StepFailed(step, message, error_type) from None
+        if status == RUNNING:
+            message = (
+                f"project {slug} is being provisioned (workflow {provisioning_workflow_id(slug)} is running); "
+                "refusing to tear it down: wait for the provisioning to end, or cancel it, then try again"
+            )
+            self._steps.fail(step, 1, message)
+            raise StepFailed(step, message, ErrorType.PROJECT_BUSY.value)
+
+    async def _await_deletion(self, spec: TeardownSpec, request: FluxDeletionRequest) -> None:
+        step, steps = StepName.AWAIT_DELETION, self._steps
+        policy = STEP_POLICIES[step]
+        deadline = workflow.now() + spec.deletion_timeout
+        interval = DELETION_POLL_INITIAL_INTERVAL
+        remaining_objects = "no check has answered yet"
+        check = 0
+        while True:
+            check += 1
+            steps.start(step, check)
+            try:
+                report: DeletionReport = await workflow.execute_activity(
+                    CHECK_FLUX_DELETION,
+                    request,
+                    result_type=DeletionReport,
+                    start_to_close_timeout=policy.attempt_timeout,
+                    retry_policy=policy.retry,
+                    summary=STEP_TITLES[step],
+                )
+            except ActivityError as error:
+                if is_cancelled_exception(error):
+                    raise
+                message, error_type, retryable = describe_failure(error)
+                if not retryable:
+                    steps.fail(step, check, message)
+                    raise StepFailed(step, message, error_type) from None
+                # The cluster API being briefly unreachable is as transient as an object still finalizing.
+                waiting_on = f"{remaining_objects} (the last check failed: {message})"
+            else:
+                if report.gone:
+                    steps.succeed(step, "the Kustomization, GitRepository and Namespace are gone")
+                    return
+                remaining_objects = waiting_on = report.describe()
+            remaining = deadline - workflow.now()
+            if remaining <= timedelta(0):
+                message = f"still present after {spec.deletion_timeout}: {waiting_on}"
+                steps.fail(step, check, message)
+                raise StepFailed(step, message, DELETION_TIMED_OUT)
+            steps.note(step, f"waiting: {waiting_on}")
+            await workflow.sleep(min(interval, remaining))
+            interval = min(interval * DELETION_POLL_BACKOFF, DELETION_POLL_MAXIMUM_INTERVAL)
+
+    async def _record_failure(self, failure: StepFailed) -> None:
+        """Mirror the failure in the record, but only when this teardown found one and started changing it."""
+        steps, spec = self._steps, self._spec
+        steps.set_status(ProjectStatus.FAILED, f"{failure.step.value} failed: {failure.message}")
+        if not self._record_exists:
+            return
+        update = ProjectRecordUpdate(
+            slug=spec.slug, status=ProjectStatus.FAILED, last_message=f"teardown failed: {steps.message}"
+        )
+        try:
+            await steps.run_once(
+                MARK_PROJECT_RECORD, update, STEP_POLICIES[StepName.MARK_DELETED], "Record the failure"
+            )
+        except ActivityError as error:
+            if is_cancelled_exception(error):
+                raise
+            workflow.logger.warning("could not record the failed teardown of %s: %s", spec.slug, error)
+
+
+def _describe_deletion(result: FluxDeletionResult) -> str:
+    if not result.requested:
+        return "nothing to delete: " + ", ".join(result.absent) + " already absent"
+    message = "deletion requested: " + ", ".join(result.requested)
+    return message + (f"; already absent: {', '.join(result.absent)}" if result.absent else "")
