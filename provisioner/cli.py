@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -73,16 +74,16 @@ def _scalar(raw: str) -> ParameterValue:
     return raw
 
 
-async def watch_live(pclient: ProvisionerClient, slug: str) -> Progress:
+async def _show_live(updates: AsyncIterator[Progress]) -> Progress:
     """Redraw the progress on every change until the run reaches a terminal state."""
     last: Progress | None = None
     with Live(console=console, refresh_per_second=8, transient=False) as live:
-        async for progress in pclient.watch(slug):
+        async for progress in updates:
             last = progress
             live.update(render_progress(progress, datetime.now(UTC)))
     console.print()
     if last is None:
-        raise CliError(f"no progress for {slug}")
+        raise CliError("the run reported no progress")
     return last
 
 
@@ -93,7 +94,7 @@ async def create_and_watch(pclient: ProvisionerClient, spec: ProjectSpec) -> Pro
         await pclient.start(spec)
     except (InvalidRequest, ProjectConflict) as error:
         raise CliError(str(error)) from None
-    progress = await watch_live(pclient, spec.slug)
+    progress = await _show_live(pclient.watch(spec.slug))
     if progress.status is ProjectStatus.FAILED:
         try:
             await pclient.wait(spec.slug)
@@ -280,12 +281,16 @@ async def demo(slug: str, template: str, params: tuple[str, ...]) -> None:
 
 
 @cli.command()
+@click.option("--api-port", type=int, default=8000, show_default=True, help="Port of the HTTP API.")
 @async_command
-async def up() -> None:
-    """Run the embedded stack (Temporal + UI, Git server, sandbox cluster with Flux simulator, worker) until Ctrl-C.
+async def up(api_port: int) -> None:
+    """Run the embedded stack (Temporal + UI, Git server, sandbox cluster with Flux simulator, worker, HTTP API)
+    until Ctrl-C.
 
     It uses the same data directory as `demo`, so earlier runs, repositories, records and cluster objects are back.
     """
+    from provisioner.api.app import api_server, create_app
+    from provisioner.api.auth import tokens_from_env
     from provisioner.stack import EmbeddedStack
 
     stop = asyncio.Event()
@@ -294,11 +299,71 @@ async def up() -> None:
         loop.add_signal_handler(signum, stop.set)
     settings = Settings.from_env()
     console.print(f"Logs: {_log_to_file(settings.data_dir)}")
+    tokens = tokens_from_env() or frozenset({_local_api_token(settings.data_dir)})
     async with EmbeddedStack(settings) as stack:
+        app = create_app(stack.settings, client=stack.client, tokens=tokens)
+        server = api_server(app, "127.0.0.1", api_port, handle_signals=False)  # Ctrl-C is this process's
+        api = asyncio.create_task(server.serve(), name="api")
         _print_urls(stack)
+        console.print(f"HTTP API: http://127.0.0.1:{api_port} (docs at /docs)")
+        if not tokens_from_env():
+            console.print(f"API token (from {settings.data_dir / 'api-token'}): use `Authorization: Bearer <token>`")
         console.print("[bold]Running.[/] Press Ctrl-C to stop.")
         await stop.wait()
         console.print("stopping…")
+        server.should_exit = True
+        await api
+
+
+def _local_api_token(data_dir: Path) -> str:
+    """The embedded stack's API token: made once, kept (mode 600) in the data directory, never printed."""
+    token_file = data_dir / "api-token"
+    if not token_file.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        token_file.touch(mode=0o600)
+        token_file.write_text(secrets.token_urlsafe(32))
+    return token_file.read_text().strip()
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@async_command
+async def api(host: str, port: int) -> None:
+    """Run the HTTP API against the configured Temporal and database (tokens from PROVISIONER_API_TOKENS)."""
+    from provisioner.api.app import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    await serve(Settings.from_env(), host, port)
+
+
+@cli.command()
+@click.argument("slug")
+@click.option("--delete-repository", is_flag=True, help="Also delete the Git repository (kept by default).")
+@click.option(
+    "--timeout",
+    "timeout_seconds",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the objects to be gone.",
+)
+@async_command
+async def delete(slug: str, delete_repository: bool, timeout_seconds: float) -> None:
+    """Tear SLUG down: delete its Kustomization, GitRepository and Namespace, then mark its record deleted."""
+    from provisioner.client import InvalidRequest, ProjectConflict
+
+    pclient = await _configured_client()
+    try:
+        await pclient.teardown(
+            slug, delete_repository=delete_repository, deletion_timeout=timedelta(seconds=timeout_seconds)
+        )
+    except (InvalidRequest, ProjectConflict) as error:
+        raise CliError(str(error)) from None
+    progress = await _show_live(pclient.watch_teardown(slug))
+    if progress.status is not ProjectStatus.DELETED:
+        raise CliError(f"tearing {slug} down ended {progress.status.value}: {progress.message}")
+    console.print(f"[bold]{slug}[/]: deleted{'' if delete_repository else ' (repository kept)'}")
 
 
 def _log_to_file(data_dir: Path) -> Path:

@@ -46,6 +46,7 @@ InputT = TypeVar("InputT")
 
 # Both project workflows answer this query with a `Progress`.
 PROGRESS_QUERY = "progress"
+CLOSED_CHECK_EVERY_POLLS = 8
 
 
 class InvalidRequest(ValueError):
@@ -66,6 +67,10 @@ class ProvisionerClient:
     def __init__(self, client: Client, task_queue: str) -> None:
         self._client = client
         self._task_queue = task_queue
+
+    @property
+    def task_queue(self) -> str:
+        return self._task_queue
 
     async def start(self, spec: ProjectSpec) -> ProvisioningHandle:
         """Start provisioning, or return the run already provisioning this same spec.
@@ -199,23 +204,35 @@ class ProvisionerClient:
             yield progress
 
     async def _watch(self, handle: WorkflowHandle[Any, Any], interval: timedelta) -> AsyncIterator[Progress]:
+        """Poll the `progress` query, yielding changes, until a terminal status or until the run has closed.
+
+        A run that was terminated, cancelled or timed out never reports a terminal status of its own, so every few
+        unchanged polls the run itself is described.
+        """
         last: Progress | None = None
+        unchanged = 0
         while True:
             try:
                 progress = await handle.query(PROGRESS_QUERY, result_type=Progress)
             except RPCError:
                 # The run may be between tasks right after start; its status decides whether to keep trying.
-                description = await handle.describe()
-                if description.status != WorkflowExecutionStatus.RUNNING:
+                if not await self._is_running(handle):
                     raise
                 await asyncio.sleep(interval.total_seconds())
                 continue
             if progress != last:
                 yield progress
-                last = progress
+                last, unchanged = progress, 0
             if progress.status in TERMINAL_STATUSES:
                 return
+            unchanged += 1
+            if unchanged % CLOSED_CHECK_EVERY_POLLS == 0 and not await self._is_running(handle):
+                return
             await asyncio.sleep(interval.total_seconds())
+
+    @staticmethod
+    async def _is_running(handle: WorkflowHandle[Any, Any]) -> bool:
+        return (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
 
     async def wait(self, slug: str) -> ProvisioningResult:
         return await self.handle(slug).result()

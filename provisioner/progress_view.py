@@ -26,6 +26,8 @@ STATUS_STYLES: dict[ProjectStatus, str] = {
     ProjectStatus.PROVISIONED: "green",
     ProjectStatus.NOT_READY: "bold yellow",
     ProjectStatus.FAILED: "bold red",
+    ProjectStatus.DELETING: "magenta",
+    ProjectStatus.DELETED: "bold magenta",
 }
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from http import HTTPStatus
 from typing import Any
@@ -65,8 +66,19 @@ def create_app(settings: Settings, *, client: Client | None = None, tokens: froz
     return app
 
 
-def api_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
-    """A uvicorn server for `app` (port 0 picks a free port: see `server.servers[0].sockets`)."""
+class _EmbeddedServer(uvicorn.Server):
+    """For a process that owns its signals (`provisioner up`): uvicorn must not install handlers of its own."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def api_server(app: FastAPI, host: str, port: int, *, handle_signals: bool = True) -> uvicorn.Server:
+    """A uvicorn server for `app` (port 0 picks a free port: see `server.servers[0].sockets`).
+
+    With `handle_signals=False` it stops only when told (`server.should_exit = True`).
+    """
     config = uvicorn.Config(
         app,
         host=host,
@@ -75,7 +87,7 @@ def api_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,  # open event streams are cut after this
     )
-    return uvicorn.Server(config)
+    return uvicorn.Server(config) if handle_signals else _EmbeddedServer(config)
 
 
 async def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, *, client: Client | None = None) -> None:

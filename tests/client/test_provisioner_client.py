@@ -79,3 +79,38 @@ async def test_retry_and_abort_say_they_are_not_supported_yet(client: Provisione
         await client.retry("anything")
     with pytest.raises(OperationNotSupported):
         await client.abort("anything")
+
+
+async def test_watching_a_terminated_run_ends(client: ProvisionerClient, local_env: WorkflowEnvironment) -> None:
+    """A run ended from outside never reports a terminal status itself; the watch must notice and stop."""
+    slug = f"cut-{uuid.uuid4().hex[:6]}"
+    # A worker runs the workflow code (so the query answers) but no activity: the run waits on its first step.
+    from temporalio.worker import Worker
+
+    from workflows.project_init import ProjectInitWorkflow
+
+    async with Worker(local_env.client, task_queue=client.task_queue, workflows=[ProjectInitWorkflow]):
+        await client.start(spec(slug))
+        seen = []
+
+        async def watch() -> None:
+            async for progress in client.watch(slug):
+                seen.append(progress.status)
+                if len(seen) == 1:
+                    await client.handle(slug).terminate("operator stopped it")
+
+        await asyncio.wait_for(watch(), timeout=20)
+    assert seen and seen[-1] is not ProjectStatus.READY
+
+
+def test_the_progress_view_renders_every_status() -> None:
+    from rich.console import Console
+
+    from provisioner.contracts import PROVISIONING_STEPS, STEP_TITLES, Progress, StepProgress
+    from provisioner.progress_view import render_progress
+
+    console = Console(width=120, record=True)
+    for status in ProjectStatus:
+        steps = [StepProgress(name=name, title=STEP_TITLES[name]) for name in PROVISIONING_STEPS]
+        console.print(render_progress(Progress("shop", "project-init-shop", status, 0, steps)))
+        assert status.value in console.export_text()
