@@ -81,6 +81,11 @@ class ProvisionerClient:
         errors = validate_spec(spec)
         if errors:
             raise InvalidRequest(errors)
+        teardown = await self._describe(self.teardown_handle(spec.slug))
+        if teardown is not None and teardown.status == WorkflowExecutionStatus.RUNNING:
+            raise ProjectConflict(
+                f"project {spec.slug!r} is being torn down (run {teardown.run_id}); wait for it to end"
+            )
         handle: ProvisioningHandle = await self._client.start_workflow(
             ProjectInitWorkflow.run,
             spec,

@@ -114,3 +114,13 @@ def test_the_progress_view_renders_every_status() -> None:
         steps = [StepProgress(name=name, title=STEP_TITLES[name]) for name in PROVISIONING_STEPS]
         console.print(render_progress(Progress("shop", "project-init-shop", status, 0, steps)))
         assert status.value in console.export_text()
+
+
+async def test_provisioning_is_refused_while_a_teardown_runs(client: ProvisionerClient) -> None:
+    slug = f"leaving-{uuid.uuid4().hex[:6]}"
+    await client.teardown(slug)  # no worker on this queue: the teardown stays running
+    try:
+        with pytest.raises(ProjectConflict, match="torn down"):
+            await client.start(spec(slug))
+    finally:
+        await client.teardown_handle(slug).terminate("test cleanup")
