@@ -104,3 +104,25 @@ async def test_flux_never_ready_ends_not_ready_with_the_reason(stack: Stack) -> 
     record = get_project(stack.settings.effective_database_url, slug)
     assert record is not None and record.status == ProjectStatus.NOT_READY.value
     assert stack.namespace_exists(slug)
+
+
+async def test_stalled_flux_fails_the_run_at_once_with_the_reason(stack: Stack) -> None:
+    slug = unique_slug("stalled")
+    stack.cluster.flux.stall(slug, slug, reason="InvalidCELExpression", message="healthCheckExprs is invalid")
+    try:
+        handle = await stack.provisioner.start(spec_for(slug, ready_timeout=timedelta(minutes=5)))
+        with pytest.raises(WorkflowFailureError) as raised:
+            await handle.result()
+    finally:
+        stack.cluster.flux.unstall(slug, slug)
+    cause = raised.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == ErrorType.FLUX_STALLED.value
+    assert "InvalidCELExpression" in cause.message and "healthCheckExprs is invalid" in cause.message
+    description = await handle.describe()
+    assert description.close_time is not None
+    # "At once": far from the 5 minute bound.
+    assert (description.close_time - description.start_time) < timedelta(seconds=30)
+    record = get_project(stack.settings.effective_database_url, slug)
+    assert record is not None and record.status == ProjectStatus.FAILED.value
+    assert "Stalled" in record.last_message
