@@ -4,7 +4,6 @@ Each test module gets its own stack (module scope); the helpers read the systems
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,7 +24,8 @@ from provisioner.contracts import ProjectSpec
 from provisioner.db import migrate
 from provisioner.gitserver import GitHttpServer
 from provisioner.sandbox.cluster import FluxSimulatorConfig, SandboxCluster
-from provisioner.settings import PROJECT_ROOT, Secret, Settings
+from provisioner.settings import Secret, Settings
+from tests.catalogue import catalogue_with_broken_template
 from tests.postgres import temporary_postgres_database
 from worker import build_worker
 
@@ -33,7 +33,6 @@ FLUX_GROUPS = {
     "GitRepository": ("source.toolkit.fluxcd.io", "v1", "gitrepositories"),
     "Kustomization": ("kustomize.toolkit.fluxcd.io", "v1", "kustomizations"),
 }
-FIXTURE_TEMPLATES = Path(__file__).resolve().parent.parent / "templating" / "fixtures" / "templates"
 
 
 @dataclass
@@ -76,10 +75,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def templates_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped catalogue plus a broken template whose tree lacks its kustomize path."""
-    catalogue = tmp_path_factory.mktemp("templates")
-    shutil.copytree(PROJECT_ROOT / "templates" / "web-service", catalogue / "web-service")
-    shutil.copytree(FIXTURE_TEMPLATES / "no-overlay", catalogue / "no-overlay")
-    return catalogue
+    return catalogue_with_broken_template(tmp_path_factory.mktemp("templates"))
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,14 @@ from provisioner.templating import (
     render_project,
     yaml_quote,
 )
+from tests.catalogue import catalogue_with_broken_template
 
 SHIPPED_TEMPLATES = PROJECT_ROOT / "templates"
-FIXTURE_TEMPLATES = Path(__file__).parent / "fixtures" / "templates"
+
+
+@pytest.fixture(scope="module")
+def broken_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return catalogue_with_broken_template(tmp_path_factory.mktemp("catalogue"))
 MINIMAL_KUSTOMIZATION = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: []\n"
 
 
@@ -547,31 +552,15 @@ def test_render_limits_bound_total_size_and_file_count(tmp_path: Path) -> None:
 # ---- Checks on the rendered tree ---------------------------------------------------------------------------
 
 
-def test_missing_overlay_for_the_environment_is_kustomize_path_missing() -> None:
-    error = render_error(web_spec(template="no-overlay"), FIXTURE_TEMPLATES)
+def test_missing_overlay_for_the_environment_is_kustomize_path_missing(broken_catalogue: Path) -> None:
+    error = render_error(web_spec(template="no-overlay"), broken_catalogue)
 
     assert error.error_type is ErrorType.KUSTOMIZE_PATH_MISSING
     assert error.message == (
         "template 'no-overlay' renders no kustomization at 'k8s/overlays/development' for environment 'development'"
     )
-    production = render_project(web_spec(template="no-overlay", environment="production"), FIXTURE_TEMPLATES)
+    production = render_project(web_spec(template="no-overlay", environment="production"), broken_catalogue)
     assert production.kustomize_path == "k8s/overlays/production"
-
-
-def test_no_overlay_fixture_matches_web_service_except_for_the_development_overlay() -> None:
-    shipped = render_project(web_spec(environment="production"), SHIPPED_TEMPLATES)
-    fixture = render_project(web_spec(template="no-overlay", environment="production"), FIXTURE_TEMPLATES)
-    shipped_manifest = load_template(SHIPPED_TEMPLATES, "web-service")
-    fixture_manifest = load_template(FIXTURE_TEMPLATES, "no-overlay")
-
-    without_development = {
-        path: content for path, content in shipped.files.items() if not path.startswith("k8s/overlays/development/")
-    }
-    assert {path: content.replace(b"no-overlay", b"web-service") for path, content in fixture.files.items()} == (
-        without_development
-    )
-    assert fixture_manifest.parameters == shipped_manifest.parameters
-    assert fixture_manifest.environments == shipped_manifest.environments
 
 
 @pytest.mark.parametrize("file_name", ["kustomization.yml", "Kustomization"])
@@ -691,14 +680,10 @@ def test_activity_reports_invalid_input_as_a_non_retryable_error_with_field_erro
 
 
 @pytest.mark.parametrize(
-    ("spec", "templates_dir", "error_type"),
-    [
-        (web_spec(template="nope"), SHIPPED_TEMPLATES, "UnknownTemplate"),
-        (web_spec(template="no-overlay"), FIXTURE_TEMPLATES, "KustomizePathMissing"),
-    ],
+    ("template", "error_type"), [("nope", "UnknownTemplate"), ("no-overlay", "KustomizePathMissing")]
 )
-def test_activity_maps_each_template_error_to_its_type(spec: ProjectSpec, templates_dir: Path, error_type: str) -> None:
-    error = activity_error(spec, templates_dir)
+def test_activity_maps_each_template_error_to_its_type(broken_catalogue: Path, template: str, error_type: str) -> None:
+    error = activity_error(web_spec(template=template), broken_catalogue)
 
     assert error.type == error_type
     assert error.non_retryable
