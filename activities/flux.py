@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -65,7 +66,6 @@ PROPAGATION_POLICY = "Background"
 NAMESPACE_REMAINING_CONDITIONS = ("NamespaceContentRemaining", "NamespaceFinalizersRemaining")
 # `ApplicationError.type` for an object of the project's name that this project does not manage (not in
 # `contracts.ErrorType`: the teardown brief allowed one new type there, ProjectBusy).
-NOT_MANAGED_ERROR_TYPE = "ResourceNotManaged"
 
 
 def project_labels(slug: str) -> dict[str, str]:
@@ -178,14 +178,26 @@ class FluxActivities:
     def _client(self) -> kube.ApiClient:
         with self._lock:
             if self._api_client is None:
-                self._api_client = kube_config.new_client_from_config(  # type: ignore[no-untyped-call]
-                    config_file=self._settings.kubeconfig, context=self._settings.kube_context
-                )
+                self._api_client = self._connect()
             return self._api_client
+
+    def _connect(self) -> kube.ApiClient:
+        """From the kubeconfig; inside a pod without one, from the service account (whose token the client re-reads
+        as the kubelet rotates it)."""
+        if self._settings.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            configuration = kube.Configuration()
+            kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            return kube.ApiClient(configuration)
+        return kube_config.new_client_from_config(  # type: ignore[no-untyped-call,no-any-return]
+            config_file=self._settings.kubeconfig, context=self._settings.kube_context
+        )
 
     @activity.defn(name="apply_flux_resources")
     def apply_flux_resources(self, request: FluxApplyRequest) -> FluxApplyResult:
         spec, interval = request.spec, self._settings.flux_interval
+        existing = self._read("Namespace", spec.namespace, spec.namespace)
+        if existing is not None:
+            _check_managed("Namespace", existing, spec.slug, f"refusing to take it over for {spec.slug!r}")
         with _kube_errors("apply the Flux resources"):
             namespace = self._apply(namespace_manifest(spec))
             source = self._apply(git_repository_manifest(spec, request.repository, request.commit_sha, interval))
@@ -249,7 +261,6 @@ class FluxActivities:
             revision = (obj.get("status") or {}).get("lastAppliedRevision", revision) or revision
         return summarize(judged, revision)
 
-
     @activity.defn(name="delete_flux_resources")
     def delete_flux_resources(self, request: FluxDeletionRequest) -> FluxDeletionResult:
         """Request the deletion of the Kustomization, the GitRepository and the Namespace; absent ones are done."""
@@ -261,7 +272,9 @@ class FluxActivities:
             if found is None:
                 absent.append(f"{kind}/{name}")
                 continue
-            _check_managed(kind, found, request.project)
+            _check_managed(
+                kind, found, request.project, f"refusing to delete it while tearing down {request.project!r}"
+            )
             if self._delete(kind, request.namespace, found):
                 requested.append(f"{kind}/{name}")
             else:
@@ -320,16 +333,16 @@ class FluxActivities:
         return True
 
 
-def _check_managed(kind: str, obj: Mapping[str, Any], project: str) -> None:
-    """Refuse to delete what this project did not create: a slug may well name someone else's namespace."""
+def _check_managed(kind: str, obj: Mapping[str, Any], project: str, refusal: str) -> None:
+    """Refuse to touch what this project did not create: a slug may well name someone else's namespace."""
     labels = obj["metadata"].get("labels") or {}
     if labels.get(MANAGED_BY_LABEL) == MANAGED_BY and labels.get(PROJECT_LABEL) == project:
         return
     owner = labels.get(PROJECT_LABEL) if labels.get(MANAGED_BY_LABEL) == MANAGED_BY else None
     whose = f"belongs to project {owner!r}" if owner else f"is not managed by {MANAGED_BY}"
     raise ApplicationError(
-        f"{kind} {obj['metadata']['name']!r} {whose}; refusing to delete it while tearing down {project!r}",
-        type=NOT_MANAGED_ERROR_TYPE,
+        f"{kind} {obj['metadata']['name']!r} {whose}; {refusal}",
+        type=ErrorType.RESOURCE_NOT_MANAGED.value,
         non_retryable=True,
     )
 
@@ -379,7 +392,8 @@ class _NotFound(Exception):
     pass
 
 
-PERMANENT_STATUS_CODES = frozenset({400, 401, 403, 415, 422})
+# 401 is left out: an expired service-account token is refreshed and the next attempt passes.
+PERMANENT_STATUS_CODES = frozenset({400, 403, 415, 422})
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from provisioner.contracts import (
     SLUG_MAX_LENGTH,
     SLUG_MIN_LENGTH,
     SLUG_PATTERN,
+    ErrorType,
     ProjectRecordUpdate,
     ProjectStatus,
 )
@@ -32,7 +33,6 @@ from provisioner.db.engine import database_host, engine_for, session_factory
 from provisioner.db.models import Project
 
 # `ApplicationError.type` of a record the database can never accept (not in `contracts.ErrorType` yet).
-INVALID_RECORD_ERROR_TYPE = "InvalidRecord"
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -267,6 +267,6 @@ def _database_reason(error: IntegrityError | DataError) -> str:
 def _invalid_record(slug: str, reason: str) -> ApplicationError:
     return ApplicationError(
         f"the record of project {slug!r} cannot be stored: {reason}",
-        type=INVALID_RECORD_ERROR_TYPE,
+        type=ErrorType.INVALID_RECORD.value,
         non_retryable=True,
     )

@@ -28,6 +28,9 @@ MIN_READY_TIMEOUT = timedelta(seconds=1)
 SLUG_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 SLUG_MIN_LENGTH = 3
 SLUG_MAX_LENGTH = 40
+# Namespaces a project must never take over (or, on teardown, delete): the cluster's and Flux's own.
+RESERVED_SLUGS = frozenset({"default", "flux-system"})
+RESERVED_SLUG_PREFIXES = ("kube-", "flux-", "system-")
 DISPLAY_NAME_MAX_LENGTH = 100
 TEMPLATE_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ENVIRONMENT_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -132,6 +135,9 @@ class ErrorType(StrEnum):
     REPOSITORY_CONFLICT = "RepositoryConflict"
     FLUX_STALLED = "FluxStalled"
     CLUSTER_REJECTED = "ClusterRejected"  # the Kubernetes API refused a request no retry can fix (4xx)
+    RESOURCE_NOT_MANAGED = "ResourceNotManaged"  # a cluster object of that name exists and is not this project's
+    DELETION_TIMED_OUT = "DeletionTimedOut"
+    INVALID_RECORD = "InvalidRecord"
     PROJECT_BUSY = "ProjectBusy"  # another operation (e.g. a provisioning run) is running for the project
 
 
@@ -186,17 +192,7 @@ SEARCH_ATTRIBUTES = (SEARCH_ATTRIBUTE_SLUG, SEARCH_ATTRIBUTE_TEMPLATE, SEARCH_AT
 
 def validate_spec(spec: ProjectSpec) -> list[FieldError]:
     """Check the request's shape. Template-specific parameter rules are checked against the template itself."""
-    errors: list[FieldError] = []
-    if not isinstance(spec.slug, str) or not SLUG_MIN_LENGTH <= len(spec.slug) <= SLUG_MAX_LENGTH:
-        errors.append(FieldError("slug", f"must be {SLUG_MIN_LENGTH} to {SLUG_MAX_LENGTH} characters long"))
-    elif not SLUG_PATTERN.fullmatch(spec.slug):
-        errors.append(
-            FieldError(
-                "slug",
-                "must consist of lower case letters, digits or '-', start with a letter "
-                "and end with a letter or digit (e.g. 'billing-api')",
-            )
-        )
+    errors = slug_errors(spec.slug)
     if not isinstance(spec.display_name, str) or not spec.display_name.strip():
         errors.append(FieldError("display_name", "must not be empty"))
     elif len(spec.display_name) > DISPLAY_NAME_MAX_LENGTH or not spec.display_name.isprintable():
@@ -417,7 +413,7 @@ class TeardownSpec:
 
 def validate_teardown_spec(spec: TeardownSpec) -> list[FieldError]:
     """Check a teardown request's shape (the slug follows the same rule as when provisioning)."""
-    errors = _slug_errors(spec.slug)
+    errors = slug_errors(spec.slug)
     if not isinstance(spec.deletion_timeout, timedelta) or not (
         MIN_DELETION_TIMEOUT <= spec.deletion_timeout <= MAX_DELETION_TIMEOUT
     ):
@@ -431,9 +427,21 @@ def validate_teardown_spec(spec: TeardownSpec) -> list[FieldError]:
     return errors
 
 
-def _slug_errors(slug: str) -> list[FieldError]:
-    probe = ProjectSpec(slug=slug, display_name="-", template="-")
-    return [error for error in validate_spec(probe) if error.field == "slug"]
+def slug_errors(slug: str) -> list[FieldError]:
+    """The slug names a namespace: it must be a DNS-1123 label, and never one the cluster or Flux owns."""
+    if not isinstance(slug, str) or not SLUG_MIN_LENGTH <= len(slug) <= SLUG_MAX_LENGTH:
+        return [FieldError("slug", f"must be {SLUG_MIN_LENGTH} to {SLUG_MAX_LENGTH} characters long")]
+    if not SLUG_PATTERN.fullmatch(slug):
+        return [
+            FieldError(
+                "slug",
+                "must consist of lower case letters, digits or '-', start with a letter "
+                "and end with a letter or digit (e.g. 'billing-api')",
+            )
+        ]
+    if slug in RESERVED_SLUGS or slug.startswith(RESERVED_SLUG_PREFIXES):
+        return [FieldError("slug", f"{slug!r} is reserved for the cluster's own namespaces")]
+    return []
 
 
 @dataclass

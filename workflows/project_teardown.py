@@ -45,7 +45,6 @@ CHECK_FLUX_DELETION = "check_flux_deletion"
 DELETE_REPOSITORY = "delete_repository"
 
 # `ApplicationError.type` of a teardown whose objects outlived `deletion_timeout` (not in `contracts.ErrorType`).
-DELETION_TIMED_OUT = "DeletionTimedOut"
 
 STEP_POLICIES: dict[StepName, StepPolicy] = {
     StepName.MARK_DELETING: step_policy(timedelta(seconds=30), 12, timedelta(seconds=30)),
@@ -209,7 +208,7 @@ class ProjectTeardownWorkflow:
             if remaining <= timedelta(0):
                 message = f"still present after {spec.deletion_timeout}: {waiting_on}"
                 steps.fail(step, check, message)
-                raise StepFailed(step, message, DELETION_TIMED_OUT)
+                raise StepFailed(step, message, ErrorType.DELETION_TIMED_OUT.value)
             steps.note(step, f"waiting: {waiting_on}")
             await workflow.sleep(min(interval, remaining))
             interval = min(interval * DELETION_POLL_BACKOFF, DELETION_POLL_MAXIMUM_INTERVAL)

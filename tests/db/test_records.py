@@ -16,14 +16,13 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.records import (
-    INVALID_RECORD_ERROR_TYPE,
     ProjectRecordSummary,
     RecordActivities,
     get_project,
     list_projects,
     upsert_project,
 )
-from provisioner.contracts import ProjectRecordUpdate, ProjectStatus
+from provisioner.contracts import ErrorType, ProjectRecordUpdate, ProjectStatus
 from provisioner.db import engine_for, migrate
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -196,7 +195,7 @@ def test_a_record_that_can_never_be_stored_is_a_permanent_failure(
     with pytest.raises(ApplicationError) as caught:
         upsert_project(engine_for(postgres_url), update)
 
-    assert caught.value.type == INVALID_RECORD_ERROR_TYPE
+    assert caught.value.type == ErrorType.INVALID_RECORD.value
     assert caught.value.non_retryable
     with engine_for(postgres_url).connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM projects")).scalar_one() == 0
@@ -211,7 +210,7 @@ def test_a_database_constraint_violation_is_a_permanent_failure(fresh_postgres_u
     with pytest.raises(ApplicationError) as caught:
         upsert_project(engine_for(fresh_postgres_url), replace(persist_update(), environment="production"))
 
-    assert caught.value.type == INVALID_RECORD_ERROR_TYPE
+    assert caught.value.type == ErrorType.INVALID_RECORD.value
     assert caught.value.non_retryable
     assert "no_prod" in caught.value.message
 

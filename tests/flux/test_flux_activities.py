@@ -83,3 +83,19 @@ def test_readiness_before_any_reconcile_is_pending(flux: FluxActivities) -> None
     report = flux.check_flux_readiness(ReadinessRequest(namespace="shop", name="shop"))
     assert report.state is ReadinessState.IN_PROGRESS
     assert report.reason == "Pending"
+
+
+def test_apply_refuses_to_take_over_a_namespace_it_did_not_create(
+    flux: FluxActivities, cluster: SandboxCluster
+) -> None:
+    from temporalio.exceptions import ApplicationError
+
+    from provisioner.contracts import ErrorType
+
+    kube.CoreV1Api(cluster.api_client()).create_namespace(kube.V1Namespace(metadata=kube.V1ObjectMeta(name="payments")))
+    with pytest.raises(ApplicationError) as raised:
+        flux.apply_flux_resources(request_for("payments"))
+    assert raised.value.type == ErrorType.RESOURCE_NOT_MANAGED.value and raised.value.non_retryable
+    assert "is not managed by provisioner" in raised.value.message
+    namespace = kube.CoreV1Api(cluster.api_client()).read_namespace("payments")
+    assert namespace.metadata is not None and not (namespace.metadata.labels or {}).get("provisioner.dev/project")

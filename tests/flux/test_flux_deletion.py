@@ -11,9 +11,10 @@ import pytest
 from kubernetes import client as kube
 from temporalio.exceptions import ApplicationError
 
-from activities.flux import NOT_MANAGED_ERROR_TYPE, FluxActivities
+from activities.flux import FluxActivities
 from provisioner.contracts import (
     DeletionReport,
+    ErrorType,
     FluxApplyRequest,
     FluxDeletionRequest,
     ProjectSpec,
@@ -134,7 +135,7 @@ def test_a_namespace_not_managed_by_the_project_is_never_deleted(flux: FluxActiv
     core.create_namespace(kube.V1Namespace(metadata=kube.V1ObjectMeta(name="shop")))
     with pytest.raises(ApplicationError) as raised:
         flux.delete_flux_resources(deletion())
-    assert raised.value.type == NOT_MANAGED_ERROR_TYPE and raised.value.non_retryable
+    assert raised.value.type == ErrorType.RESOURCE_NOT_MANAGED.value and raised.value.non_retryable
     assert "is not managed by provisioner" in raised.value.message
     namespace = core.read_namespace("shop")
     assert namespace.metadata is not None and namespace.metadata.deletion_timestamp is None

@@ -32,7 +32,7 @@ from provisioner.contracts import (
     TeardownSpec,
     teardown_workflow_id,
 )
-from workflows.project_teardown import DELETION_TIMED_OUT, ProjectTeardownWorkflow
+from workflows.project_teardown import ProjectTeardownWorkflow
 
 FLUX_OBJECTS = ["Kustomization", "GitRepository", "Namespace"]
 
@@ -240,7 +240,7 @@ async def test_a_deletion_timeout_fails_naming_what_remains_and_why(
     spec = make_spec(delete_repository=True, deletion_timeout=timedelta(minutes=2))
     failure = await run_to_failure(time_skipping_env, task_queue, spec)
 
-    assert failure.type == DELETION_TIMED_OUT
+    assert failure.type == ErrorType.DELETION_TIMED_OUT.value
     assert "await_deletion failed" in failure.message and "still present after 0:02:00" in failure.message
     assert "Kustomization/shop (deleting since 2026-01-01T00:00:00Z" in failure.message
     assert "waiting on finalizers finalizers.fluxcd.io" in failure.message
