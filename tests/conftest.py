@@ -14,6 +14,8 @@ from provisioner.db import migrate
 from provisioner.temporal import DATA_CONVERTER, register_search_attributes
 from tests.postgres import DEFAULT_TEST_DATABASE_URL, TEST_DATABASE_URL_ENV, temporary_postgres_database
 
+pytest_plugins = ["tests.stack"]  # the end-to-end stack fixtures, for every test area
+
 
 @pytest.fixture(scope="session")
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:

@@ -13,9 +13,9 @@ import pytest
 from fastapi import FastAPI
 
 from provisioner.api import create_app
-from tests.e2e.conftest import Stack, database_url, stack, templates_dir, unique_slug
+from tests.stack import Stack, unique_slug
 
-__all__ = ["Stack", "database_url", "stack", "templates_dir", "unique_slug"]  # fixtures, re-exported for pytest
+__all__ = ["Stack", "unique_slug"]  # re-exported for the test modules
 
 TOKEN = f"api-test-{uuid.uuid4().hex}"
 API_BASE_URL = "http://provisioner.test"

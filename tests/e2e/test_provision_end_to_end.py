@@ -12,7 +12,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.records import get_project
 from provisioner.contracts import PROVISIONING_STEPS, ErrorType, ProjectStatus, StepName, StepState
-from tests.e2e.conftest import Stack, git, spec_for, unique_slug
+from tests.stack import Stack, git, spec_for, unique_slug
 
 
 async def test_provisions_a_project_end_to_end(stack: Stack, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from provisioner.contracts import (
     TeardownSpec,
     teardown_workflow_id,
 )
-from tests.e2e.conftest import Stack, git, spec_for, unique_slug
+from tests.stack import Stack, git, spec_for, unique_slug
 from workflows.project_teardown import ProjectTeardownWorkflow
 
 

@@ -1,6 +1,6 @@
-"""The end-to-end stack shared by the e2e modules: a local Temporal dev server (session fixture `local_env`), the real
-worker, real git over HTTP, a throw-away PostgreSQL database and the sandbox cluster with its Flux simulator.
-Each test module gets its own stack (module scope); the helpers read the systems back for the assertions."""
+"""The end-to-end stack for tests, as a pytest plugin (see tests/conftest.py): the Temporal dev server
+(`local_env`), the real worker, git over HTTP, the sandbox cluster with its Flux simulator and a throw-away PostgreSQL
+database. Fixtures are module-scoped: each test module gets its own stack."""
 
 from __future__ import annotations
 
