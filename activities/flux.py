@@ -1,5 +1,9 @@
 """Activities against the Kubernetes cluster: apply the project's Flux resources, judge their readiness, delete them.
 
+A private repository (`RepositoryInfo.requires_credentials`) also gets a basic-auth Secret in the project's
+namespace, built here from the worker's own settings, and the GitRepository names it in `spec.secretRef`; the
+activity's result names the Secret and carries none of its data.
+
 Everything goes through server-side apply with one field manager, so applying the same desired state twice is a
 no-op on the server (no new resourceVersion). Readiness is judged the way the flux CLI does.
 
@@ -10,6 +14,7 @@ recreated meanwhile is never deleted unseen), and treats 404 as done. It only re
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -41,7 +46,7 @@ from provisioner.contracts import (
     RemainingObject,
     RepositoryInfo,
 )
-from provisioner.settings import Settings
+from provisioner.settings import Secret, Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,8 @@ REQUESTED_AT_ANNOTATION = "reconcile.fluxcd.io/requestedAt"
 PROJECT_LABEL = "provisioner.dev/project"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+# The basic-auth Secret of a private repository, in the project's namespace (so deleting the namespace removes it).
+GIT_CREDENTIALS_SECRET = "provisioner-git-credentials"
 
 # (group, version, plural) of the project's custom objects.
 CUSTOM_KINDS: dict[str, tuple[str, str, str]] = {
@@ -84,9 +91,33 @@ def namespace_manifest(spec: ProjectSpec) -> dict[str, Any]:
     }
 
 
+def git_credentials_manifest(spec: ProjectSpec, username: str, password: Secret) -> dict[str, Any]:
+    """The basic-auth Secret Flux clones a private repository with (`username`/`password`, as the GitRepository
+    spec reads them). Built on the worker from its own settings; it never leaves the activity."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": GIT_CREDENTIALS_SECRET, "namespace": spec.namespace, "labels": project_labels(spec.slug)},
+        "type": "Opaque",
+        # `data`, not `stringData`: the server stores `data`, so applying the same values again changes nothing.
+        "data": {
+            "username": base64.b64encode(username.encode()).decode("ascii"),
+            "password": base64.b64encode(password.reveal().encode()).decode("ascii"),
+        },
+    }
+
+
 def git_repository_manifest(
     spec: ProjectSpec, repository: RepositoryInfo, commit_sha: str, interval: str
 ) -> dict[str, Any]:
+    source_spec: dict[str, Any] = {
+        "url": repository.clone_url,
+        "ref": {"branch": repository.default_branch},
+        "interval": interval,
+        "timeout": "60s",
+    }
+    if repository.requires_credentials:
+        source_spec["secretRef"] = {"name": GIT_CREDENTIALS_SECRET}
     return {
         "apiVersion": f"{SOURCE_GROUP}/{SOURCE_VERSION}",
         "kind": "GitRepository",
@@ -97,12 +128,7 @@ def git_repository_manifest(
             # Keyed to the commit: a new push asks Flux for an immediate reconcile, a re-run changes nothing.
             "annotations": {REQUESTED_AT_ANNOTATION: commit_sha},
         },
-        "spec": {
-            "url": repository.clone_url,
-            "ref": {"branch": repository.default_branch},
-            "interval": interval,
-            "timeout": "60s",
-        },
+        "spec": source_spec,
     }
 
 
@@ -198,21 +224,55 @@ class FluxActivities:
         existing = self._read("Namespace", spec.namespace, spec.namespace)
         if existing is not None:
             _check_managed("Namespace", existing, spec.slug, f"refusing to take it over for {spec.slug!r}")
+        credentials = self._git_credentials(spec) if request.repository.requires_credentials else None
+        objects: list[KubeObjectRef] = []
         with _kube_errors("apply the Flux resources"):
-            namespace = self._apply(namespace_manifest(spec))
-            source = self._apply(git_repository_manifest(spec, request.repository, request.commit_sha, interval))
-            kustomization = self._apply(
-                kustomization_manifest(spec, request.kustomize_path, request.commit_sha, interval)
+            objects.append(_ref(self._apply(namespace_manifest(spec))))
+            if credentials is not None:
+                # Before the GitRepository, so source-controller finds it on its first reconcile.
+                objects.append(_ref(self._apply(credentials)))
+            objects.append(
+                _ref(self._apply(git_repository_manifest(spec, request.repository, request.commit_sha, interval)))
             )
-        objects = [_ref(namespace), _ref(source), _ref(kustomization)]
+            objects.append(
+                _ref(self._apply(kustomization_manifest(spec, request.kustomize_path, request.commit_sha, interval)))
+            )
         activity.logger.info("applied %s", ", ".join(f"{o.kind}/{o.name}@{o.resource_version}" for o in objects))
         return FluxApplyResult(namespace=spec.namespace, objects=objects)
+
+    def _git_credentials(self, spec: ProjectSpec) -> dict[str, Any]:
+        """The deploy credential's Secret, from the worker's settings (the payload only says one is needed)."""
+        settings = self._settings
+        password = settings.git_deploy_token or settings.git_token
+        if not password:
+            raise ApplicationError(
+                f"repository {spec.slug!r} is private, but the worker has no credential for Flux to clone it with: "
+                "set PROVISIONER_GIT_DEPLOY_TOKEN or PROVISIONER_GIT_TOKEN (or their _FILE variants)",
+                type=ErrorType.INVALID_INPUT.value,
+                non_retryable=True,
+            )
+        return git_credentials_manifest(spec, settings.git_deploy_username or settings.git_username, password)
 
     def _apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply of one object, forcing ownership of the fields this product manages."""
         api_client = self._client()
         manager = self._settings.field_manager
         metadata = manifest["metadata"]
+        if manifest["kind"] == "Secret":
+            # Only the metadata is kept: the applied Secret's data must not travel any further.
+            secret = kube.CoreV1Api(api_client).patch_namespaced_secret(
+                metadata["name"],
+                metadata["namespace"],
+                manifest,
+                field_manager=manager,
+                force=True,
+                _content_type=APPLY_CONTENT_TYPE,
+            )
+            return {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": api_client.sanitize_for_serialization(secret.metadata),  # type: ignore[no-untyped-call]
+            }
         if manifest["kind"] == "Namespace":
             namespace = kube.CoreV1Api(api_client).patch_namespace(
                 metadata["name"], manifest, field_manager=manager, force=True, _content_type=APPLY_CONTENT_TYPE

@@ -10,6 +10,8 @@ split off and handed to git as an `http.<url>.extraHeader` through `GIT_CONFIG_*
 error message is scrubbed before it leaves this module.
 
 `delete_repository` removes only a repository that carries the project's ownership marker; a missing one is done.
+
+The provider comes from `Settings.git_provider`: `local` (below), `gitea` or `github` (activities/git_providers.py).
 """
 
 from __future__ import annotations
@@ -37,9 +39,15 @@ from git.exc import GitCommandError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.git_providers import (
+    GiteaRepositoryProvider,
+    GitHubRepositoryProvider,
+    check_repository_name,
+    ownership_marker,
+    repository_conflict,
+)
 from provisioner.contracts import (
     MANAGED_BY,
-    SLUG_PATTERN,
     ErrorType,
     ProjectSpec,
     PushRequest,
@@ -119,10 +127,6 @@ class RepositoryProvider(Protocol):
         ...
 
 
-def repository_conflict(message: str) -> ApplicationError:
-    return ApplicationError(message, type=ErrorType.REPOSITORY_CONFLICT, non_retryable=True)
-
-
 class LocalRepositoryProvider:
     """Bare repositories under `Settings.git_repos_dir`, served at `Settings.git_base_url` by `GitHttpServer`."""
 
@@ -137,7 +141,7 @@ class LocalRepositoryProvider:
         return self._repos_dir / f"{slug}.git"
 
     def ensure_repository(self, slug: str, description: str) -> RepositoryInfo:
-        _check_repository_name(slug)
+        check_repository_name(slug)
         path = self.repository_path(slug)
         created = not os.path.lexists(path) and self._create(path, slug, description)
         if created:
@@ -148,7 +152,7 @@ class LocalRepositoryProvider:
         return RepositoryInfo(name=slug, clone_url=self._url(slug), default_branch=branch, created=created)
 
     def delete_repository(self, slug: str) -> bool:
-        _check_repository_name(slug)
+        check_repository_name(slug)
         path = self.repository_path(slug)
         if not os.path.lexists(path):
             return False
@@ -227,11 +231,6 @@ class LocalRepositoryProvider:
         return _head_branch(path) or self._default_branch
 
 
-def _check_repository_name(slug: str) -> None:
-    if not SLUG_PATTERN.fullmatch(slug):
-        raise ApplicationError(f"invalid repository name {slug!r}", type=ErrorType.INVALID_INPUT, non_retryable=True)
-
-
 def _head_branch(bare_repo: Path) -> str | None:
     try:
         head = (bare_repo / "HEAD").read_text(encoding="utf-8").strip()
@@ -239,6 +238,25 @@ def _head_branch(bare_repo: Path) -> str | None:
         return None
     prefix = "ref: refs/heads/"
     return head.removeprefix(prefix) if head.startswith(prefix) else None
+
+
+PROVIDERS: dict[str, Callable[[Settings], RepositoryProvider]] = {
+    "local": LocalRepositoryProvider,
+    "gitea": GiteaRepositoryProvider,
+    "github": GitHubRepositoryProvider,
+}
+
+
+def repository_provider(settings: Settings) -> RepositoryProvider:
+    """The provider `Settings.git_provider` names; a misconfiguration fails here, when the worker starts."""
+    try:
+        make = PROVIDERS[settings.git_provider]
+    except KeyError:
+        raise ValueError(
+            f"unknown Git provider {settings.git_provider!r} (PROVISIONER_GIT_PROVIDER): "
+            f"choose one of {', '.join(PROVIDERS)}"
+        ) from None
+    return make(settings)
 
 
 # ---- git command runner ------------------------------------------------------------------------------------
@@ -318,7 +336,7 @@ def commit_message(spec: ProjectSpec, tree: RenderedTree) -> str:
 
 
 def repository_description(spec: ProjectSpec) -> str:
-    return f"{spec.display_name} (template {spec.template}, managed by {MANAGED_BY})"
+    return f"{spec.display_name} (template {spec.template}, {ownership_marker(spec.slug)})"
 
 
 def _rendered_path(path: str) -> bytes:
@@ -366,7 +384,7 @@ class GitActivities:
         self, settings: Settings, provider: RepositoryProvider | None = None, render: Render | None = None
     ) -> None:
         self._settings = settings
-        self._provider = provider if provider is not None else LocalRepositoryProvider(settings)
+        self._provider = provider if provider is not None else repository_provider(settings)
         self._render = render if render is not None else render_project
 
     @activity.defn(name="create_repository")

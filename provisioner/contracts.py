@@ -139,6 +139,7 @@ class ErrorType(StrEnum):
     DELETION_TIMED_OUT = "DeletionTimedOut"
     INVALID_RECORD = "InvalidRecord"
     PROJECT_BUSY = "ProjectBusy"  # another operation (e.g. a provisioning run) is running for the project
+    GIT_HOST_REJECTED = "GitHostRejected"  # the Git host refused a request no retry can fix (401, 403, 4xx)
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,8 @@ class RepositoryInfo:
     clone_url: str  # what Flux clones; holds no credentials
     default_branch: str
     created: bool  # False when it already existed for this project
+    # Private: Flux clones with the worker's deploy credential, which the Flux activity reads itself (never here).
+    requires_credentials: bool = False
 
 
 @dataclass

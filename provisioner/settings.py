@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,6 +49,43 @@ def _secret(env: Mapping[str, str], name: str) -> Secret:
     return Secret(env.get(name, ""))
 
 
+def _flag(name: str, raw: str, default: bool) -> bool:
+    """The boolean variable `name` whose text is `raw` (read at the call, so the doc test finds the name)."""
+    value = raw.strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, not {value!r}")
+
+
+def _hosted_git_settings(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
+    """The hosted Git providers block of `Settings`, from PROVISIONER_GIT_* variables."""
+    return {
+        "git_api_url": env.get("PROVISIONER_GIT_API_URL", defaults.git_api_url).rstrip("/"),
+        "git_owner": env.get("PROVISIONER_GIT_OWNER", defaults.git_owner),
+        "git_owner_is_org": _flag(
+            "PROVISIONER_GIT_OWNER_IS_ORG", env.get("PROVISIONER_GIT_OWNER_IS_ORG", ""), defaults.git_owner_is_org
+        ),
+        "git_private": _flag("PROVISIONER_GIT_PRIVATE", env.get("PROVISIONER_GIT_PRIVATE", ""), defaults.git_private),
+        "git_deploy_username": env.get("PROVISIONER_GIT_DEPLOY_USERNAME", defaults.git_deploy_username),
+        "git_deploy_token": _secret(env, "PROVISIONER_GIT_DEPLOY_TOKEN"),
+        "git_api_timeout_seconds": float(
+            env.get("PROVISIONER_GIT_API_TIMEOUT_SECONDS", str(defaults.git_api_timeout_seconds))
+        ),
+    }
+
+
+def _telemetry_settings(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
+    """The telemetry block of `Settings`, from PROVISIONER_METRICS_* variables."""
+    return {
+        "metrics_port": int(env.get("PROVISIONER_METRICS_PORT", "") or defaults.metrics_port),
+        "metrics_host": env.get("PROVISIONER_METRICS_HOST", defaults.metrics_host),
+    }
+
+
 @dataclass(frozen=True)
 class Settings:
     temporal_address: str = "localhost:7233"
@@ -64,12 +102,29 @@ class Settings:
     git_default_branch: str = "main"
     git_author_name: str = "provisioner"
     git_author_email: str = "provisioner@localhost"
+    # ---- Hosted Git providers (`gitea`, `github`; docs/operations.md) --------------------------------------------
+    # The REST API root (Gitea: https://gitea.example.com/api/v1, GitHub: https://api.github.com, GitHub Enterprise
+    # Server: https://ghe.example.com/api/v3); empty: Gitea derives it from git_base_url, GitHub uses api.github.com.
+    git_api_url: str = ""
+    git_owner: str = ""  # the user or organisation owning the repositories
+    git_owner_is_org: bool = False
+    git_private: bool = True
+    # What Flux clones private repositories with (a read-only token is enough); empty: git_username / git_token.
+    git_deploy_username: str = ""
+    git_deploy_token: Secret = field(default_factory=lambda: Secret(""))
+    git_api_timeout_seconds: float = 30.0
+    # ---- end of the hosted Git providers block -------------------------------------------------------------------
     # Kubernetes: a kubeconfig (the sandbox writes one) and the field manager for server-side apply.
     kubeconfig: str | None = None
     kube_context: str | None = None
     field_manager: str = "provisioner"
     flux_interval: str = "1m"
     activity_threads: int = 16
+    # ---- Telemetry (docs/operations.md, "Telemetry"; provisioner/telemetry.py) -----------------------------------
+    # The worker's Prometheus /metrics endpoint, served by Temporal's core runtime; port 0 leaves it off.
+    metrics_port: int = 0
+    metrics_host: str = "0.0.0.0"
+    # ---- end of the telemetry block -------------------------------------------------------------------------------
 
     @property
     def git_repos_dir(self) -> Path:
@@ -98,9 +153,11 @@ class Settings:
             git_default_branch=env.get("PROVISIONER_GIT_DEFAULT_BRANCH", defaults.git_default_branch),
             git_author_name=env.get("PROVISIONER_GIT_AUTHOR_NAME", defaults.git_author_name),
             git_author_email=env.get("PROVISIONER_GIT_AUTHOR_EMAIL", defaults.git_author_email),
+            **_hosted_git_settings(env, defaults),
             kubeconfig=env.get("KUBECONFIG") or None,
             kube_context=env.get("PROVISIONER_KUBE_CONTEXT") or None,
             field_manager=env.get("PROVISIONER_FIELD_MANAGER", defaults.field_manager),
             flux_interval=env.get("PROVISIONER_FLUX_INTERVAL", defaults.flux_interval),
             activity_threads=int(env.get("PROVISIONER_ACTIVITY_THREADS", str(defaults.activity_threads))),
+            **_telemetry_settings(env, defaults),
         )

@@ -20,7 +20,7 @@ import pytest
 from activities.flux import FluxActivities
 from provisioner.contracts import FluxApplyRequest, FluxDeletionRequest, ProjectSpec, ReadinessRequest, RepositoryInfo
 from provisioner.sandbox.cluster import FluxSimulatorConfig, SandboxCluster
-from provisioner.settings import Settings
+from provisioner.settings import Secret, Settings
 from tests.deploy.artefacts import KUBERNETES_DIR, REPO_ROOT, load_yaml_documents
 
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -132,7 +132,8 @@ def cluster() -> Iterator[SandboxCluster]:
 def exercise_every_flux_activity(flux: FluxActivities) -> set[str]:
     """Runs each activity on absent objects, on fresh ones and on existing ones; returns the activity names run."""
     spec = ProjectSpec(slug="shop", display_name="Shop", template="web-service", parameters={"owner": "x"})
-    repository = RepositoryInfo("shop", "http://127.0.0.1:1/shop.git", "main", True)
+    # Private, so the apply writes the credentials Secret as well.
+    repository = RepositoryInfo("shop", "http://127.0.0.1:1/shop.git", "main", True, requires_credentials=True)
     apply = FluxApplyRequest(spec, repository, "a" * 40, "k8s/overlays/development")
     readiness = ReadinessRequest(namespace="shop", name="shop")
     deletion = FluxDeletionRequest(namespace="shop", name="shop", project="shop")
@@ -180,7 +181,8 @@ def test_only_the_flux_activities_talk_to_kubernetes() -> None:
 def test_the_cluster_role_grants_exactly_what_the_code_uses(cluster: SandboxCluster) -> None:
     api_client = cluster.api_client()
     requests = record_requests(api_client)
-    exercise_every_flux_activity(FluxActivities(Settings(field_manager="provisioner"), api_client=api_client))
+    settings = Settings(field_manager="provisioner", git_token=Secret("deploy-token"))
+    exercise_every_flux_activity(FluxActivities(settings, api_client=api_client))
 
     used = set().union(*(permissions_for(request) for request in requests))
     granted = granted_by_cluster_role()
@@ -191,4 +193,5 @@ def test_the_cluster_role_grants_exactly_what_the_code_uses(cluster: SandboxClus
         ("namespaces", "patch"), ("namespaces", "delete"),
         ("gitrepositories", "patch"), ("gitrepositories", "get"),
         ("kustomizations", "patch"), ("kustomizations", "delete"),
+        ("secrets", "patch"), ("secrets", "create"),
     }  # fmt: skip
