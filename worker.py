@@ -3,7 +3,8 @@
 worker.py registers the workflows (workflows/) and the activities (activities/, one module per external system)
 on one task queue. Activities are synchronous and run on a thread pool whose size is the worker's activity slot
 count, so a slot always has a thread; the one asking Temporal itself about runs is async, on the worker's loop.
-SIGTERM and SIGINT drain the worker gracefully.
+SIGTERM and SIGINT drain the worker gracefully. Telemetry (provisioner/telemetry.py): Prometheus metrics when
+PROVISIONER_METRICS_PORT is set, OpenTelemetry tracing when OTEL_EXPORTER_OTLP_ENDPOINT is.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from activities.flux import FluxActivities
 from activities.git import GitActivities
@@ -26,6 +27,7 @@ from activities.template import TemplateActivities
 from activities.temporal_runs import TemporalRunActivities
 from provisioner.db.engine import migrate
 from provisioner.settings import Settings
+from provisioner.telemetry import AWAITING_READY_RUNS, build_runtime, configure_tracing, runtime_of
 from provisioner.temporal import connect
 from workflows.project_init import ProjectInitWorkflow
 from workflows.project_teardown import ProjectTeardownWorkflow
@@ -56,7 +58,11 @@ def build_activities(settings: Settings, client: Client) -> list[Callable[..., A
     ]
 
 
-def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecutor) -> Worker:
+def build_worker(
+    client: Client, settings: Settings, executor: ThreadPoolExecutor, interceptors: Sequence[Interceptor] = ()
+) -> Worker:
+    # The workflows' metrics go to the client's runtime by themselves; the process-level gauge is published there too.
+    AWAITING_READY_RUNS.publish_to(runtime_of(client))
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -66,22 +72,30 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
         # One slot per thread: a slot without a thread would queue activities inside the worker, invisibly.
         max_concurrent_activities=settings.activity_threads,
         graceful_shutdown_timeout=timedelta(seconds=20),
+        interceptors=interceptors,
     )
 
 
 async def run_worker(settings: Settings, client: Client | None = None, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set, then finish in-flight activities and return."""
     await asyncio.to_thread(migrate, settings.effective_database_url)
-    client = client or await connect(settings)
+    # A given client brings its own runtime (and so its metrics); otherwise the Settings decide.
+    client = client or await connect(settings, runtime=build_runtime(settings))
     stop = stop or asyncio.Event()
-    with ThreadPoolExecutor(max_workers=settings.activity_threads, thread_name_prefix="activity") as executor:
-        worker = build_worker(client, settings, executor)
-        log.info(
-            "worker polling task queue %r with %d activity threads", settings.task_queue, settings.activity_threads
-        )
-        async with worker:
-            await stop.wait()
-            log.info("shutting down: finishing in-flight activities")
+    tracing = configure_tracing()
+    try:
+        with ThreadPoolExecutor(max_workers=settings.activity_threads, thread_name_prefix="activity") as executor:
+            worker = build_worker(client, settings, executor, tracing.interceptors)
+            log.info(
+                "worker polling task queue %r with %d activity threads",
+                settings.task_queue,
+                settings.activity_threads,
+            )
+            async with worker:
+                await stop.wait()
+                log.info("shutting down: finishing in-flight activities")
+    finally:
+        await asyncio.to_thread(tracing.shutdown)  # flush the spans still buffered
 
 
 async def serve(settings: Settings) -> None:

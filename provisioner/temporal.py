@@ -8,6 +8,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfigProfile
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from provisioner.contracts import SEARCH_ATTRIBUTES
@@ -17,16 +18,17 @@ from provisioner.settings import Settings
 DATA_CONVERTER: DataConverter = pydantic_data_converter
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     """Connect using Temporal's environment configuration (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, API key...).
 
-    The profile file and the TEMPORAL_* variables win; the Settings supply the defaults.
+    The profile file and the TEMPORAL_* variables win; the Settings supply the defaults. `runtime` (e.g. one serving
+    metrics, provisioner/telemetry.py) is where the client and every worker built on it record; None: the default.
     """
     profile = ClientConfigProfile.load()
     config = profile.to_client_connect_config()
     config.setdefault("target_host", settings.temporal_address)
     config.setdefault("namespace", settings.temporal_namespace)
-    return await Client.connect(**config, data_converter=DATA_CONVERTER)
+    return await Client.connect(**config, data_converter=DATA_CONVERTER, runtime=runtime)
 
 
 async def register_search_attributes(client: Client, namespace: str) -> None:

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         StepState,
         validate_spec,
     )
+    from provisioner.telemetry import AWAITING_READY_RUNS
 
 # Activity names: the workflow refers to activities by name so that it imports none of their (side-effecting) code.
 VALIDATE_TEMPLATE = "validate_template"
@@ -80,10 +81,13 @@ class ProjectInitWorkflow:
     async def run(self, spec: ProjectSpec) -> ProvisioningResult:
         self._steps.set_status(ProjectStatus.PROVISIONING, f"provisioning {spec.slug} from template {spec.template}")
         try:
-            return await self._provision(spec)
+            result = await self._provision(spec)
         except StepFailed as failure:
             await self._record_failure(failure)
-            raise failure.to_application_error(self.progress()) from None
+            self._steps.record_provisioning(spec.template, ProjectStatus.FAILED)
+            raise self._steps.fail_run(failure) from None
+        self._steps.record_provisioning(spec.template, result.status)
+        return result
 
     async def _provision(self, spec: ProjectSpec) -> ProvisioningResult:
         steps = self._steps
@@ -136,7 +140,8 @@ class ProjectInitWorkflow:
 
         readiness: ReadinessReport | None = None
         if spec.wait_for_ready:
-            readiness = await self._await_ready(spec)
+            with AWAITING_READY_RUNS.waiting(workflow.info().run_id):
+                readiness = await self._await_ready(spec)
             status = ProjectStatus.READY if readiness.state is ReadinessState.READY else ProjectStatus.NOT_READY
         else:
             steps.skip(StepName.AWAIT_READY, "not requested")

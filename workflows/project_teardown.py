@@ -81,7 +81,7 @@ class ProjectTeardownWorkflow:
             return await self._teardown(spec)
         except StepFailed as failure:
             await self._record_failure(failure)
-            raise failure.to_application_error(self.progress()) from None
+            raise self._steps.fail_run(failure) from None
 
     async def _teardown(self, spec: TeardownSpec) -> TeardownResult:
         steps, slug = self._steps, spec.slug

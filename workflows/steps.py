@@ -3,6 +3,9 @@
 Retries are driven here, in the workflow, rather than by the server, so that the `progress` query can show every
 attempt and the error that caused it while it happens: that visibility is the point of this product. Each activity
 call is therefore a single attempt; the step's RetryPolicy is applied by `StepRunner.run`.
+
+The workflows' metrics are recorded here too, through `workflow.metric_meter()`: the SDK records nothing while a
+workflow replays, so each is counted once, and they are served with Temporal's own (provisioner/telemetry.py).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         StepProgress,
         StepState,
     )
+    from provisioner.telemetry import PROVISIONING_DURATION, STEP_FAILURES, UNVALIDATED_TEMPLATE
 
 ResultT = TypeVar("ResultT")
 
@@ -194,6 +198,21 @@ class StepRunner:
 
     def skip(self, step: StepName, message: str) -> None:
         self._finish(step, StepState.SKIPPED, message)
+
+    def fail_run(self, failure: StepFailed) -> ApplicationError:
+        """The error that fails the run because of `failure`, which is counted in `provisioner_step_failures_total`."""
+        workflow.metric_meter().create_counter(STEP_FAILURES, "Steps that failed a run, by step and error type").add(
+            1, {"step": failure.step.value, "error_type": failure.error_type}
+        )
+        return failure.to_application_error(self.progress())
+
+    def record_provisioning(self, template: str, outcome: ProjectStatus) -> None:
+        """Record the run's duration so far under its outcome, in `provisioner_provisioning_duration_seconds`."""
+        validated = self._steps[StepName.VALIDATE_TEMPLATE].state is StepState.SUCCEEDED
+        duration = workflow.now() - workflow.info().workflow_start_time
+        workflow.metric_meter().create_histogram_timedelta(
+            PROVISIONING_DURATION, "Duration of provisioning runs, by template and outcome", "s"
+        ).record(duration, {"template": template if validated else UNVALIDATED_TEMPLATE, "outcome": outcome.value})
 
     def fail(self, step: StepName, attempt: int, message: str) -> None:
         progress = self._steps[step]
