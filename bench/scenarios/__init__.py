@@ -1,0 +1,1 @@
+"""One module per scenario; each takes the BenchContext and returns its ScenarioResult(s)."""
