@@ -25,25 +25,22 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
-from sqlalchemy import create_engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 from temporalio.client import Client
 
 from provisioner.binaries import bundled_binary
 from provisioner.contracts import SEARCH_ATTRIBUTES
-from provisioner.db.engine import dispose_engine, migrate
+from provisioner.db.engine import migrate
 from provisioner.gitserver import GitHttpServer
 from provisioner.sandbox.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.settings import PROJECT_ROOT, Secret, Settings
 from provisioner.stack import free_port
 from provisioner.temporal import DATA_CONVERTER
+from tests.postgres import temporary_postgres_database
 
 TEMPORAL_DB_LOCATIONS = ("disk", "tmpfs")
 TMPFS = Path("/dev/shm")
@@ -55,25 +52,6 @@ FLUX_INTERVAL_SECONDS = 3600.0
 DATABASE_PREFIX = "provisioner_bench_"
 # A Python file run instead of worker.py, to measure a proposed worker change without touching the product.
 WORKER_SCRIPT_ENV = "PROVISIONER_BENCH_WORKER_SCRIPT"
-
-
-@contextmanager
-def throwaway_database(admin_url: str) -> Iterator[str]:
-    """A fresh database next to `admin_url`'s for one benchmark run, dropped (connections and all) at the end."""
-    name = f"{DATABASE_PREFIX}{uuid.uuid4().hex[:16]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-        try:
-            yield url
-        finally:
-            dispose_engine(url)
-            with admin.connect() as connection:
-                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.dispose()
 
 
 @dataclass(frozen=True)
@@ -131,7 +109,9 @@ class BenchStack:
         await self.close()
 
     async def _start(self) -> None:
-        database_url = self._cleanup.enter_context(throwaway_database(self.options.admin_database_url))
+        database_url = self._cleanup.enter_context(
+            temporary_postgres_database(self.options.admin_database_url, prefix=DATABASE_PREFIX)
+        )
         data_dir = self.root / "data"
         data_dir.mkdir(parents=True)
         settings = Settings(
@@ -171,9 +151,20 @@ class BenchStack:
     def _start_temporal(self, address: str, db_file: Path, namespace: str) -> None:
         host, _, port = address.rpartition(":")
         command = [
-            bundled_binary("temporal"), "server", "start-dev", "--headless",
-            "--ip", host, "--port", port, "--db-filename", str(db_file),
-            "--namespace", namespace, "--log-level", "warn",
+            bundled_binary("temporal"),
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip",
+            host,
+            "--port",
+            port,
+            "--db-filename",
+            str(db_file),
+            "--namespace",
+            namespace,
+            "--log-level",
+            "warn",
         ]
         for key in SEARCH_ATTRIBUTES:
             command += ["--search-attribute", f"{key.name}=Keyword"]

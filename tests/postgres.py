@@ -17,9 +17,9 @@ DEFAULT_TEST_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 @contextmanager
-def temporary_postgres_database(admin_url: str) -> Iterator[str]:
+def temporary_postgres_database(admin_url: str, prefix: str = "provisioner_test_") -> Iterator[str]:
     """Create a fresh database next to `admin_url`'s, yield its URL, then drop it (connections and all)."""
-    name = f"provisioner_test_{uuid.uuid4().hex[:16]}"
+    name = f"{prefix}{uuid.uuid4().hex[:16]}"
     admin_engine = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with admin_engine.connect() as connection:
