@@ -108,10 +108,13 @@ async def test_the_stream_ends_when_the_run_is_terminated_midway(
         assert (await http.post("/projects", json=project_body(slug))).status_code == 202
         async with http.stream("GET", f"/projects/{slug}/events") as response:
             received: list[ReceivedEvent] = []
+            terminated = False
             async for event in read_events(response):
                 received.append(event)
-                if event.event == "progress" and running_step(event) == StepName.AWAIT_READY:
+                # Progress may change again (the wait's message) before the stream learns of the termination.
+                if not terminated and event.event == "progress" and running_step(event) == StepName.AWAIT_READY:
                     await stack.provisioner.handle(slug).terminate("operator stopped it")
+                    terminated = True
     finally:
         stack.cluster.flux.release(namespace=slug)
     end = received[-1]
