@@ -14,12 +14,11 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
-from workflows.steps import StepFailed, StepPolicy, StepRunner, describe_failure, step_policy
+from workflows.steps import PollSchedule, StepFailed, StepPolicy, StepRunner, describe_failure, step_policy
 
 with workflow.unsafe.imports_passed_through():
     from provisioner.contracts import (
         PROVISIONING_STEPS,
-        STEP_TITLES,
         ErrorType,
         FluxApplyRequest,
         FluxApplyResult,
@@ -169,23 +168,15 @@ class ProjectInitWorkflow:
 
     async def _await_ready(self, spec: ProjectSpec) -> ReadinessReport:
         step, steps = StepName.AWAIT_READY, self._steps
-        policy = STEP_POLICIES[step]
-        deadline = workflow.now() + spec.ready_timeout
-        interval = READY_POLL_INITIAL_INTERVAL
+        schedule = PollSchedule.starting_now(
+            spec.ready_timeout, READY_POLL_INITIAL_INTERVAL, READY_POLL_MAXIMUM_INTERVAL, READY_POLL_BACKOFF
+        )
         request = ReadinessRequest(namespace=spec.namespace, name=spec.slug)
         check = 0
         while True:
             check += 1
-            steps.start(step, check)
             try:
-                report: ReadinessReport = await workflow.execute_activity(
-                    CHECK_FLUX_READINESS,
-                    request,
-                    result_type=ReadinessReport,
-                    start_to_close_timeout=policy.attempt_timeout,
-                    retry_policy=policy.retry,
-                    summary=STEP_TITLES[step],
-                )
+                report = await steps.check(step, check, CHECK_FLUX_READINESS, request, ReadinessReport)
             except ActivityError as error:
                 if is_cancelled_exception(error):
                     raise
@@ -199,13 +190,11 @@ class ProjectInitWorkflow:
                 message = f"Flux reports Stalled: {report.reason}: {report.message}"
                 steps.fail(step, check, message)
                 raise StepFailed(step, message, ErrorType.FLUX_STALLED.value)
-            remaining = deadline - workflow.now()
-            if remaining <= timedelta(0):
+            if schedule.expired():
                 steps.fail(step, check, f"not Ready after {spec.ready_timeout}: {report.reason}: {report.message}")
                 return report
             steps.note(step, f"waiting: {report.reason}: {report.message}")
-            await workflow.sleep(min(interval, remaining))
-            interval = min(interval * READY_POLL_BACKOFF, READY_POLL_MAXIMUM_INTERVAL)
+            await schedule.sleep()
 
     async def _record_failure(self, failure: StepFailed) -> None:
         """Mirror the failure in the database, but only when something external exists to describe."""
@@ -225,7 +214,6 @@ class ProjectInitWorkflow:
             if is_cancelled_exception(error):
                 raise
             workflow.logger.warning("could not record the failure of %s: %s", spec.slug, error)
-
 
     def _record(self, status: ProjectStatus, message: str) -> ProjectRecordUpdate:
         """The whole record as this run knows it: either write may be the first to create the row."""

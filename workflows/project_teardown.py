@@ -15,11 +15,10 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
-from workflows.steps import StepFailed, StepPolicy, StepRunner, describe_failure, step_policy
+from workflows.steps import PollSchedule, StepFailed, StepPolicy, StepRunner, describe_failure, step_policy
 
 with workflow.unsafe.imports_passed_through():
     from provisioner.contracts import (
-        STEP_TITLES,
         TEARDOWN_STEPS,
         DeletionReport,
         ErrorType,
@@ -173,23 +172,18 @@ class ProjectTeardownWorkflow:
 
     async def _await_deletion(self, spec: TeardownSpec, request: FluxDeletionRequest) -> None:
         step, steps = StepName.AWAIT_DELETION, self._steps
-        policy = STEP_POLICIES[step]
-        deadline = workflow.now() + spec.deletion_timeout
-        interval = DELETION_POLL_INITIAL_INTERVAL
+        schedule = PollSchedule.starting_now(
+            spec.deletion_timeout,
+            DELETION_POLL_INITIAL_INTERVAL,
+            DELETION_POLL_MAXIMUM_INTERVAL,
+            DELETION_POLL_BACKOFF,
+        )
         remaining_objects = "no check has answered yet"
         check = 0
         while True:
             check += 1
-            steps.start(step, check)
             try:
-                report: DeletionReport = await workflow.execute_activity(
-                    CHECK_FLUX_DELETION,
-                    request,
-                    result_type=DeletionReport,
-                    start_to_close_timeout=policy.attempt_timeout,
-                    retry_policy=policy.retry,
-                    summary=STEP_TITLES[step],
-                )
+                report = await steps.check(step, check, CHECK_FLUX_DELETION, request, DeletionReport)
             except ActivityError as error:
                 if is_cancelled_exception(error):
                     raise
@@ -204,14 +198,12 @@ class ProjectTeardownWorkflow:
                     steps.succeed(step, "the Kustomization, GitRepository and Namespace are gone")
                     return
                 remaining_objects = waiting_on = report.describe()
-            remaining = deadline - workflow.now()
-            if remaining <= timedelta(0):
+            if schedule.expired():
                 message = f"still present after {spec.deletion_timeout}: {waiting_on}"
                 steps.fail(step, check, message)
                 raise StepFailed(step, message, ErrorType.DELETION_TIMED_OUT.value)
             steps.note(step, f"waiting: {waiting_on}")
-            await workflow.sleep(min(interval, remaining))
-            interval = min(interval * DELETION_POLL_BACKOFF, DELETION_POLL_MAXIMUM_INTERVAL)
+            await schedule.sleep()
 
     async def _record_failure(self, failure: StepFailed) -> None:
         """Mirror the failure in the record, but only when this teardown found one and started changing it."""

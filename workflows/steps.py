@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -56,6 +56,28 @@ def step_policy(attempt_timeout: timedelta, maximum_attempts: int, maximum_inter
             non_retryable_error_types=PERMANENT_ERROR_TYPES,
         ),
     )
+
+
+@dataclass
+class PollSchedule:
+    """A bounded wait in workflow time: checks at growing intervals until a deadline."""
+
+    deadline: datetime
+    interval: timedelta
+    maximum_interval: timedelta
+    backoff: float
+
+    @classmethod
+    def starting_now(cls, bound: timedelta, initial: timedelta, maximum: timedelta, backoff: float) -> PollSchedule:
+        return cls(workflow.now() + bound, initial, maximum, backoff)
+
+    def expired(self) -> bool:
+        return workflow.now() >= self.deadline
+
+    async def sleep(self) -> None:
+        """A durable timer until the next check (never past the deadline); no worker thread waits."""
+        await workflow.sleep(min(self.interval, self.deadline - workflow.now()))
+        self.interval = min(self.interval * self.backoff, self.maximum_interval)
 
 
 class StepFailed(Exception):
@@ -166,6 +188,22 @@ class StepRunner:
                 continue
             self.succeed(step, describe(result))
             return result
+
+    async def check(
+        self, step: StepName, check: int, activity_name: str, argument: Any, result_type: type[ResultT]
+    ) -> ResultT:
+        """One check of a polling step (e.g. the Ready wait), retried briefly by the server per the step's policy."""
+        policy = self._policies[step]
+        self.start(step, check)
+        result: ResultT = await workflow.execute_activity(
+            activity_name,
+            argument,
+            result_type=result_type,
+            start_to_close_timeout=policy.attempt_timeout,
+            retry_policy=policy.retry,
+            summary=STEP_TITLES[step],
+        )
+        return result
 
     async def run_once(self, activity_name: str, argument: Any, policy: StepPolicy, summary: str) -> Any:
         """An activity outside the step list (e.g. recording a failure), with the server applying the retries."""
