@@ -308,9 +308,11 @@ def _load_for_spec(spec: ProjectSpec, templates_dir: Path, spec_errors: list[Fie
     return manifest
 
 
-def _validated_values(
+def check_against_template(
     spec: ProjectSpec, manifest: TemplateManifest, spec_errors: list[FieldError]
-) -> dict[str, ParameterValue]:
+) -> tuple[dict[str, ParameterValue], list[FieldError]]:
+    """The request's parameters (defaults applied) and every error: `spec_errors`, then the template's own rules
+    (parameters, environment) for fields not already reported. Cheap: renders nothing."""
     errors = list(spec_errors)
     already_reported = {error.field for error in errors}
     parameters = spec.parameters if isinstance(spec.parameters, dict) else {}
@@ -324,6 +326,13 @@ def _validated_values(
                 f"template {manifest.name!r} has no environment {spec.environment!r} (declared: {declared})",
             )
         )
+    return values, errors
+
+
+def _validated_values(
+    spec: ProjectSpec, manifest: TemplateManifest, spec_errors: list[FieldError]
+) -> dict[str, ParameterValue]:
+    values, errors = check_against_template(spec, manifest, spec_errors)
     if errors:
         raise InvalidInput(errors)
     return values

@@ -46,7 +46,7 @@ from provisioner.contracts import (
 )
 from provisioner.db.engine import engine_for
 from provisioner.settings import Settings
-from provisioner.templating import TemplateError, UnknownTemplate, load_template, resolve_parameters
+from provisioner.templating import TemplateError, UnknownTemplate, check_against_template, load_template
 
 HEALTH_TIMEOUT = timedelta(seconds=3)
 
@@ -246,17 +246,7 @@ def check_spec(spec: ProjectSpec, templates_dir: Path) -> list[FieldError]:
         return errors + unknown.field_errors
     except TemplateError as broken:
         return [*errors, FieldError("template", f"cannot be used: {broken.message}")]
-    reported = {error.field for error in errors}
-    _, parameter_errors = resolve_parameters(manifest, spec.parameters)
-    errors.extend(error for error in parameter_errors if error.field not in reported)
-    if "environment" not in reported and spec.environment not in manifest.environments:
-        declared = ", ".join(manifest.environments)
-        errors.append(
-            FieldError(
-                "environment",
-                f"template {manifest.name!r} has no environment {spec.environment!r} (declared: {declared})",
-            )
-        )
+    _, errors = check_against_template(spec, manifest, errors)
     return errors
 
 
