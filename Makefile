@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo up test bench lint typecheck clean
+.PHONY: demo up test test-chaos bench lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ typecheck: $(STAMP)
 test: lint typecheck
 	bash scripts/install-system-deps.sh
 	$(BIN)/pytest
+
+# Only the crash-recovery tests (real processes killed; minutes). `make test` runs them too.
+test-chaos: $(STAMP)
+	$(BIN)/pytest -m chaos
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

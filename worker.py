@@ -26,6 +26,7 @@ from activities.records import RecordActivities
 from activities.template import TemplateActivities
 from activities.temporal_runs import TemporalRunActivities
 from provisioner.db.engine import migrate
+from provisioner.heartbeat import AutoHeartbeatInterceptor
 from provisioner.settings import Settings
 from provisioner.telemetry import AWAITING_READY_RUNS, build_runtime, configure_tracing, runtime_of
 from provisioner.temporal import connect
@@ -61,6 +62,7 @@ def build_activities(settings: Settings, client: Client) -> list[Callable[..., A
 def build_worker(
     client: Client, settings: Settings, executor: ThreadPoolExecutor, interceptors: Sequence[Interceptor] = ()
 ) -> Worker:
+    """The worker; every activity heartbeats (provisioner/heartbeat.py), inside whatever `interceptors` wrap."""
     # The workflows' metrics go to the client's runtime by themselves; the process-level gauge is published there too.
     AWAITING_READY_RUNS.publish_to(runtime_of(client))
     return Worker(
@@ -72,11 +74,17 @@ def build_worker(
         # One slot per thread: a slot without a thread would queue activities inside the worker, invisibly.
         max_concurrent_activities=settings.activity_threads,
         graceful_shutdown_timeout=timedelta(seconds=20),
-        interceptors=interceptors,
+        # Last, so the heartbeats cover the activity function and what the other interceptors wrap around it.
+        interceptors=[*interceptors, AutoHeartbeatInterceptor()],
     )
 
 
-async def run_worker(settings: Settings, client: Client | None = None, stop: asyncio.Event | None = None) -> None:
+async def run_worker(
+    settings: Settings,
+    client: Client | None = None,
+    stop: asyncio.Event | None = None,
+    interceptors: Sequence[Interceptor] = (),
+) -> None:
     """Run until `stop` is set, then finish in-flight activities and return."""
     await asyncio.to_thread(migrate, settings.effective_database_url)
     # A given client brings its own runtime (and so its metrics); otherwise the Settings decide.
@@ -85,7 +93,7 @@ async def run_worker(settings: Settings, client: Client | None = None, stop: asy
     tracing = configure_tracing()
     try:
         with ThreadPoolExecutor(max_workers=settings.activity_threads, thread_name_prefix="activity") as executor:
-            worker = build_worker(client, settings, executor, tracing.interceptors)
+            worker = build_worker(client, settings, executor, [*tracing.interceptors, *interceptors])
             log.info(
                 "worker polling task queue %r with %d activity threads",
                 settings.task_queue,
@@ -98,13 +106,13 @@ async def run_worker(settings: Settings, client: Client | None = None, stop: asy
         await asyncio.to_thread(tracing.shutdown)  # flush the spans still buffered
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, interceptors: Sequence[Interceptor] = ()) -> None:
     """The worker process: runs until SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await run_worker(settings, stop=stop)
+    await run_worker(settings, stop=stop, interceptors=interceptors)
 
 
 def main() -> None:

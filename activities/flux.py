@@ -28,6 +28,7 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
+from urllib3.util.retry import Retry
 
 from provisioner.contracts import (
     MANAGED_BY,
@@ -71,6 +72,22 @@ DELETION_ORDER = ("Kustomization", "GitRepository", "Namespace")
 # would add a `foregroundDeletion` finalizer the teardown would then wait on for nothing it needs.
 PROPAGATION_POLICY = "Background"
 NAMESPACE_REMAINING_CONDITIONS = ("NamespaceContentRemaining", "NamespaceFinalizersRemaining")
+# (connect, read) seconds for every API request. The client waits forever by default, and a hung request would hold
+# its activity thread long after Temporal timed the attempt out (20 s for a readiness check); this bounds it.
+REQUEST_TIMEOUT = (5.0, 10.0)
+# Per request, as client-go does: a 429 (after its Retry-After) or a 5xx is sent again a few times, so one refused
+# request out of the five an apply makes does not fail the whole attempt. Every verb used here is safe to repeat
+# (server-side apply, GET, DELETE with a uid precondition). A read that timed out is not re-sent (urllib3 would by
+# default, stretching one hung GET to four read timeouts): Temporal's retries, visible in the progress, take over.
+CLIENT_RETRIES = Retry(
+    total=3,
+    read=0,
+    status_forcelist=(429, 500, 502, 503, 504),
+    allowed_methods=None,
+    backoff_factor=0.2,
+    respect_retry_after_header=True,
+    raise_on_status=False,  # the last answer then raises as an ApiException with its Status body
+)
 # `ApplicationError.type` for an object of the project's name that this project does not manage (not in
 # `contracts.ErrorType`: the teardown brief allowed one new type there, ProjectBusy).
 
@@ -210,13 +227,17 @@ class FluxActivities:
     def _connect(self) -> kube.ApiClient:
         """From the kubeconfig; inside a pod without one, from the service account (whose token the client re-reads
         as the kubelet rotates it)."""
+        configuration = kube.Configuration()
         if self._settings.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            configuration = kube.Configuration()
             kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            return kube.ApiClient(configuration)
-        return kube_config.new_client_from_config(  # type: ignore[no-untyped-call,no-any-return]
-            config_file=self._settings.kubeconfig, context=self._settings.kube_context
-        )
+        else:
+            kube_config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=self._settings.kubeconfig,
+                context=self._settings.kube_context,
+                client_configuration=configuration,
+            )
+        configuration.retries = CLIENT_RETRIES
+        return kube.ApiClient(configuration)
 
     @activity.defn(name="apply_flux_resources")
     def apply_flux_resources(self, request: FluxApplyRequest) -> FluxApplyResult:
@@ -267,6 +288,7 @@ class FluxActivities:
                 field_manager=manager,
                 force=True,
                 _content_type=APPLY_CONTENT_TYPE,
+                _request_timeout=REQUEST_TIMEOUT,
             )
             return {
                 "apiVersion": "v1",
@@ -275,7 +297,12 @@ class FluxActivities:
             }
         if manifest["kind"] == "Namespace":
             namespace = kube.CoreV1Api(api_client).patch_namespace(
-                metadata["name"], manifest, field_manager=manager, force=True, _content_type=APPLY_CONTENT_TYPE
+                metadata["name"],
+                manifest,
+                field_manager=manager,
+                force=True,
+                _content_type=APPLY_CONTENT_TYPE,
+                _request_timeout=REQUEST_TIMEOUT,
             )
             return cast(dict[str, Any], api_client.sanitize_for_serialization(namespace))  # type: ignore[no-untyped-call]
         group, version = manifest["apiVersion"].split("/")
@@ -292,11 +319,14 @@ class FluxActivities:
             field_manager=manager,
             force=True,
             _content_type=APPLY_CONTENT_TYPE,
+            _request_timeout=REQUEST_TIMEOUT,
         )
         if applied is None:
             # The client maps only 200 for this call; an apply that created the object answers 201 with no body
             # the client will decode, so read back what the server stored.
-            applied = custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+            applied = custom.get_namespaced_custom_object(
+                group, version, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT
+            )
         return cast(dict[str, Any], applied)
 
     @activity.defn(name="check_flux_readiness")
@@ -310,7 +340,9 @@ class FluxActivities:
         ):
             try:
                 with _kube_errors(f"read {kind} {request.namespace}/{request.name}"):
-                    found = custom.get_namespaced_custom_object(group, version, request.namespace, plural, request.name)
+                    found = custom.get_namespaced_custom_object(
+                        group, version, request.namespace, plural, request.name, _request_timeout=REQUEST_TIMEOUT
+                    )
                     obj = cast(dict[str, Any], found)
             except _NotFound:
                 judged.append(
@@ -361,11 +393,11 @@ class FluxActivities:
         try:
             with _kube_errors(f"read {kind} {name if kind == 'Namespace' else f'{namespace}/{name}'}"):
                 if kind == "Namespace":
-                    found: Any = kube.CoreV1Api(api_client).read_namespace(name)
+                    found: Any = kube.CoreV1Api(api_client).read_namespace(name, _request_timeout=REQUEST_TIMEOUT)
                     return cast(dict[str, Any], api_client.sanitize_for_serialization(found))  # type: ignore[no-untyped-call]
                 group, version, plural = CUSTOM_KINDS[kind]
                 found = kube.CustomObjectsApi(api_client).get_namespaced_custom_object(
-                    group, version, namespace, plural, name
+                    group, version, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT
                 )
                 return cast(dict[str, Any], found)
         except _NotFound:
@@ -382,11 +414,11 @@ class FluxActivities:
         try:
             with _kube_errors(f"delete {kind} {name if kind == 'Namespace' else f'{namespace}/{name}'}"):
                 if kind == "Namespace":
-                    kube.CoreV1Api(api_client).delete_namespace(name, body=options)
+                    kube.CoreV1Api(api_client).delete_namespace(name, body=options, _request_timeout=REQUEST_TIMEOUT)
                 else:
                     group, version, plural = CUSTOM_KINDS[kind]
                     kube.CustomObjectsApi(api_client).delete_namespaced_custom_object(
-                        group, version, namespace, plural, name, body=options
+                        group, version, namespace, plural, name, body=options, _request_timeout=REQUEST_TIMEOUT
                     )
         except _NotFound:
             return False

@@ -8,6 +8,9 @@ Built on dulwich's WSGI application behind a small access layer that
   clones stay anonymous, like public repositories on a hosted forge;
 - applies pushes to a repository one at a time and turns a push whose branch moved after the client read it into
   a rejection instead of a silently dropped update (see `_SerializedReceivePack`).
+
+For tests, `GitHttpServer.fail_pushes(n)` makes the next n pushes fail with an HTTP error, the way an overloaded
+forge does: before anything is written, or (`after_applying`) once the push has landed, as when the answer is lost.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import re
 import socketserver
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -144,13 +147,40 @@ def _basic_auth_password(header: str) -> str | None:
     return password if separator else None
 
 
+class PushFaults:
+    """Fails the next pushes (receive-pack requests) with an HTTP status before they change anything. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._remaining = 0
+        self._status = "503 Service Unavailable"
+        self.after_applying = False
+        self.injected = 0
+
+    def fail_next(self, count: int, status: str, after_applying: bool) -> None:
+        with self._lock:
+            self._remaining, self._status, self.after_applying = count, status, after_applying
+
+    def take(self) -> tuple[str, bool] | None:
+        """(status, after_applying) to fail this push with, or None to serve it."""
+        with self._lock:
+            if self._remaining <= 0:
+                return None
+            self._remaining -= 1
+            self.injected += 1
+            return self._status, self.after_applying
+
+
 class _AccessControl:
     """WSGI front of the dulwich app: repository lookup and push authentication."""
 
-    def __init__(self, repos_dir: Path, token: Secret | None, git_app: WSGIApplication) -> None:
+    def __init__(
+        self, repos_dir: Path, token: Secret | None, git_app: WSGIApplication, push_faults: PushFaults
+    ) -> None:
         self._repos_dir = repos_dir
         self._token = token if token else None
         self._git_app = git_app
+        self._push_faults = push_faults
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         match = _REPO_PATH.fullmatch(environ.get("PATH_INFO", ""))
@@ -168,6 +198,15 @@ class _AccessControl:
                 b"authentication required to push\n",
                 [("WWW-Authenticate", f'Basic realm="{AUTH_REALM}"')],
             )
+        if rest == f"/{RECEIVE_PACK}":
+            fault = self._push_faults.take()
+            if fault is not None:
+                status, after_applying = fault
+                if after_applying:
+                    _serve_and_discard(self._git_app, environ)
+                else:
+                    _drain_body(environ)  # so the client reads the status instead of a reset connection
+                return self._plain(start_response, status, b"injected push failure\n")
         return self._git_app(environ, start_response)
 
     @staticmethod
@@ -198,6 +237,31 @@ class _AccessControl:
         return [body]
 
 
+def _serve_and_discard(app: WSGIApplication, environ: WSGIEnvironment) -> None:
+    """Serve the request (dulwich applies a push while its answer is consumed) and throw the answer away."""
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], object]:
+        return lambda _: None
+
+    answer = app(environ, start_response)
+    try:
+        for _ in answer:
+            pass
+    finally:
+        close = getattr(answer, "close", None)
+        if close is not None:
+            close()
+
+
+def _drain_body(environ: WSGIEnvironment) -> None:
+    remaining = int(environ.get("CONTENT_LENGTH") or 0)
+    while remaining > 0:
+        chunk = environ["wsgi.input"].read(min(remaining, 65536))
+        if not chunk:
+            return
+        remaining -= len(chunk)
+
+
 class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True  # an in-flight request never blocks shutdown
 
@@ -222,6 +286,17 @@ class GitHttpServer:
         self._token = token
         self._server: _ThreadingWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self._push_faults = PushFaults()
+
+    def fail_pushes(self, count: int, status: str = "503 Service Unavailable", *, after_applying: bool = False) -> None:
+        """Answer the next `count` pushes with `status` (e.g. "500 Internal Server Error"); 0 ends the fault.
+        `after_applying`: the push lands first and only its answer is replaced."""
+        self._push_faults.fail_next(count, status, after_applying)
+
+    @property
+    def failed_pushes(self) -> int:
+        """How many pushes `fail_pushes` has failed so far."""
+        return self._push_faults.injected
 
     @property
     def base_url(self) -> str:
@@ -240,7 +315,7 @@ class GitHttpServer:
         server = make_server(
             self._host,
             self._port,
-            _AccessControl(self._repos_dir, self._token, git_app),
+            _AccessControl(self._repos_dir, self._token, git_app, self._push_faults),
             server_class=_ThreadingWSGIServer,
             handler_class=_RequestHandler,
         )

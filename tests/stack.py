@@ -8,6 +8,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -42,6 +43,7 @@ class Stack:
     provisioner: ProvisionerClient
     api: kube.ApiClient
     temporal: Client
+    git_server: GitHttpServer
 
     def flux_object_exists(self, kind: str, slug: str) -> bool:
         group, version, plural = FLUX_GROUPS[kind]
@@ -88,32 +90,48 @@ def database_url(admin_database_url: str) -> Iterator[str]:
 async def stack(
     local_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory, templates_dir: Path, database_url: str
 ) -> AsyncIterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("data")
+    async with running_stack(local_env.client, tmp_path_factory.mktemp("data"), templates_dir, database_url) as built:
+        yield built
+
+
+@asynccontextmanager
+async def running_stack(
+    temporal: Client,
+    data_dir: Path,
+    templates_dir: Path,
+    database_url: str,
+    *,
+    worker_database_url: str | None = None,
+    activity_threads: int = 4,
+    in_process_worker: bool = True,
+) -> AsyncIterator[Stack]:
+    """Git server, sandbox cluster and worker on a fresh task queue. The worker reaches the database through
+    `worker_database_url` when given (e.g. a fault-injecting proxy); `database_url` is migrated directly.
+    Without `in_process_worker`, the caller runs the workers (e.g. as processes, configured from `settings`)."""
     token = Secret(uuid.uuid4().hex)
     with (
-        GitHttpServer(data_dir / "git", token=token) as git,
+        GitHttpServer(data_dir / "git", token=token) as git_server,
         SandboxCluster(flux=FluxSimulatorConfig(source_retry_interval=0.2)) as cluster,
     ):
         settings = Settings(
             data_dir=data_dir,
-            database_url=Secret(database_url),
+            database_url=Secret(worker_database_url or database_url),
             templates_dir=templates_dir,
             task_queue=f"e2e-{uuid.uuid4().hex[:8]}",
-            git_base_url=git.base_url,
+            git_base_url=git_server.base_url,
             git_token=token,
             kubeconfig=str(cluster.write_kubeconfig(data_dir / "kubeconfig")),
-            activity_threads=4,
+            activity_threads=activity_threads,
         )
         migrate(database_url)
+        provisioner = ProvisionerClient(temporal, settings.task_queue)
+        built = Stack(settings, cluster, provisioner, cluster.api_client(), temporal, git_server)
+        if not in_process_worker:
+            yield built
+            return
         with ThreadPoolExecutor(max_workers=settings.activity_threads) as executor:
-            async with build_worker(local_env.client, settings, executor):
-                yield Stack(
-                    settings,
-                    cluster,
-                    ProvisionerClient(local_env.client, settings.task_queue),
-                    cluster.api_client(),
-                    local_env.client,
-                )
+            async with build_worker(temporal, settings, executor):
+                yield built
 
 
 def spec_for(slug: str, **overrides: Any) -> ProjectSpec:

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         SEARCH_ATTRIBUTE_STATUS,
         STEP_TITLES,
         ErrorType,
+        PendingDecision,
         Progress,
         ProjectStatus,
         StepName,
@@ -37,17 +38,29 @@ ResultT = TypeVar("ResultT")
 PERMANENT_ERROR_TYPES = [error_type.value for error_type in ErrorType]
 
 
+# The worker heartbeats every running activity (provisioner/heartbeat.py): an attempt whose worker died is retried
+# after this long, not after its whole attempt timeout.
+DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+
+
 @dataclass(frozen=True)
 class StepPolicy:
-    """How long one attempt of a step may take and how it is retried."""
+    """How long one attempt of a step may take, how long its worker may stay silent and how it is retried."""
 
     attempt_timeout: timedelta
     retry: RetryPolicy
+    heartbeat_timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT
 
 
-def step_policy(attempt_timeout: timedelta, maximum_attempts: int, maximum_interval: timedelta) -> StepPolicy:
+def step_policy(
+    attempt_timeout: timedelta,
+    maximum_attempts: int,
+    maximum_interval: timedelta,
+    heartbeat_timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT,
+) -> StepPolicy:
     return StepPolicy(
         attempt_timeout=attempt_timeout,
+        heartbeat_timeout=heartbeat_timeout,
         retry=RetryPolicy(
             initial_interval=timedelta(seconds=1),
             backoff_coefficient=2.0,
@@ -123,6 +136,7 @@ class StepRunner:
         self.message = "waiting to start"
         self._steps = {name: StepProgress(name=name, title=STEP_TITLES[name]) for name in steps}
         self._policies = policies
+        self.decision: PendingDecision | None = None
         self._updated_at = workflow.now()
 
     def step(self, name: StepName) -> StepProgress:
@@ -139,7 +153,19 @@ class StepRunner:
             steps=steps,
             message=self.message,
             updated_at=self._updated_at,
+            decision=self.decision,
         )
+
+    def add_steps(self, names: Sequence[StepName]) -> None:
+        """Append steps the run turned out to need (e.g. the rollback of an aborted provisioning)."""
+        for name in names:
+            self._steps.setdefault(name, StepProgress(name=name, title=STEP_TITLES[name]))
+        self._touch()
+
+    def reset(self, step: StepName, message: str) -> None:
+        """Make a failed step pending again, so that it runs anew (an operator's retry)."""
+        self._steps[step] = StepProgress(name=step, title=STEP_TITLES[step], message=message)
+        self._touch()
 
     def set_status(self, status: ProjectStatus, message: str) -> None:
         if status is not self.status:
@@ -171,6 +197,7 @@ class StepRunner:
                     argument,
                     result_type=result_type,
                     start_to_close_timeout=policy.attempt_timeout,
+                    heartbeat_timeout=policy.heartbeat_timeout,
                     retry_policy=RetryPolicy(maximum_attempts=1),  # this loop owns the retries
                     summary=STEP_TITLES[step],
                 )
@@ -200,6 +227,7 @@ class StepRunner:
             argument,
             result_type=result_type,
             start_to_close_timeout=policy.attempt_timeout,
+            heartbeat_timeout=policy.heartbeat_timeout,
             retry_policy=policy.retry,
             summary=STEP_TITLES[step],
         )
@@ -211,6 +239,7 @@ class StepRunner:
             activity_name,
             argument,
             start_to_close_timeout=policy.attempt_timeout,
+            heartbeat_timeout=policy.heartbeat_timeout,
             retry_policy=policy.retry,
             summary=summary,
         )
