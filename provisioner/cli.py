@@ -9,7 +9,7 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -23,8 +23,13 @@ from temporalio.exceptions import ApplicationError
 
 from provisioner.client import ProvisionerClient
 from provisioner.contracts import (
+    DEFAULT_DECISION_TIMEOUT,
     DEFAULT_ENVIRONMENT,
     DEFAULT_READY_TIMEOUT,
+    TERMINAL_STATUSES,
+    FailureAction,
+    FailurePolicy,
+    OperatorDecision,
     ParameterValue,
     Progress,
     ProjectSpec,
@@ -38,10 +43,18 @@ console = Console()
 T = TypeVar("T")
 
 DEMO_SLUG = "demo-web"
+# `create` stops watching where a person must act, and says so with its own exit code.
+STOP_WATCHING_AT = TERMINAL_STATUSES | {ProjectStatus.AWAITING_DECISION}
 
 
 class CliError(click.ClickException):
     """One clear line for the user; the traceback only with --debug."""
+
+
+class AwaitingDecision(CliError):
+    """The run waits for an operator: not a failure yet, so an exit code of its own."""
+
+    exit_code = 4
 
 
 def async_command(function: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
@@ -94,7 +107,11 @@ async def create_and_watch(pclient: ProvisionerClient, spec: ProjectSpec) -> Pro
         await pclient.start(spec)
     except (InvalidRequest, ProjectConflict) as error:
         raise CliError(str(error)) from None
-    progress = await _show_live(pclient.watch(spec.slug))
+    progress = await _show_live(pclient.watch(spec.slug, stop_at=STOP_WATCHING_AT))
+    if progress.status is ProjectStatus.AWAITING_DECISION:
+        raise AwaitingDecision(
+            f"{progress.message}\ndecide with `provisioner retry {spec.slug}` or `provisioner abort {spec.slug}`"
+        )
     if progress.status is ProjectStatus.FAILED:
         try:
             await pclient.wait(spec.slug)
@@ -114,6 +131,7 @@ def _spec_from_options(
     environment: str,
     wait: bool,
     ready_timeout: float,
+    on_failure: FailurePolicy,
 ) -> ProjectSpec:
     return ProjectSpec(
         slug=slug,
@@ -123,6 +141,7 @@ def _spec_from_options(
         environment=environment,
         wait_for_ready=wait,
         ready_timeout=timedelta(seconds=ready_timeout),
+        on_failure=on_failure,
     )
 
 
@@ -148,6 +167,23 @@ def project_options(function: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Seconds to wait for Ready (max 1800).",
         ),
+        click.option(
+            "--decision-timeout",
+            type=click.FloatRange(min=0),
+            default=DEFAULT_DECISION_TIMEOUT.total_seconds(),
+            show_default=True,
+            help="Seconds a failed run waits for `retry` or `abort` before applying --on-failure (0: at once).",
+        ),
+        click.option(
+            "--on-failure",
+            type=click.Choice([FailureAction.ABORT.value, FailureAction.LEAVE.value]),
+            default=FailureAction.ABORT.value,
+            show_default=True,
+            help="Without a decision: abort rolls the completed steps back, leave keeps them.",
+        ),
+        click.option(
+            "--delete-repository-on-abort", is_flag=True, help="Rollback deletes the repository too (default: kept)."
+        ),
     ]
     for decorate in reversed(decorators):
         function = decorate(function)
@@ -166,10 +202,18 @@ async def create(
     environment: str,
     wait: bool,
     ready_timeout: float,
+    decision_timeout: float,
+    on_failure: str,
+    delete_repository_on_abort: bool,
 ) -> None:
     """Provision SLUG and show its progress live (against the configured Temporal)."""
     pclient = await _configured_client()
-    spec = _spec_from_options(slug, name, template, params, environment, wait, ready_timeout)
+    policy = FailurePolicy(
+        decision_timeout=timedelta(seconds=decision_timeout),
+        default_action=FailureAction(on_failure),
+        delete_repository_on_abort=delete_repository_on_abort,
+    )
+    spec = _spec_from_options(slug, name, template, params, environment, wait, ready_timeout, policy)
     progress = await create_and_watch(pclient, spec)
     console.print(f"[bold]{slug}[/]: {progress.status.value}: {progress.message}")
     if progress.status is ProjectStatus.NOT_READY:
@@ -220,29 +264,32 @@ async def list_runs(status_filter: str | None, template: str | None, limit: int)
     console.print(table)
 
 
-async def _operator_decision(slug: str, decide: Callable[[ProvisionerClient, str], Awaitable[None]]) -> None:
-    from provisioner.client import OperationNotSupported
+async def _send_decision(slug: str, action: FailureAction, reason: str) -> None:
+    from provisioner.client import NoSuchRun, ProjectConflict
 
     try:
-        await decide(await _configured_client(), slug)
-    except OperationNotSupported as error:
+        answer = await (await _configured_client()).decide(slug, OperatorDecision(action, reason))
+    except (NoSuchRun, ProjectConflict) as error:
         raise CliError(str(error)) from None
+    console.print(f"[bold]{slug}[/]: {answer}")
 
 
 @cli.command()
 @click.argument("slug")
+@click.option("--reason", default="", help="A note kept in the run's progress and the project record.")
 @async_command
-async def retry(slug: str) -> None:
-    """Resume SLUG's failed step."""
-    await _operator_decision(slug, ProvisionerClient.retry)
+async def retry(slug: str, reason: str) -> None:
+    """Run the failed step of SLUG again (its run must be awaiting a decision), then carry on."""
+    await _send_decision(slug, FailureAction.RETRY, reason)
 
 
 @cli.command()
 @click.argument("slug")
+@click.option("--reason", default="", help="A note kept in the run's progress and the project record.")
 @async_command
-async def abort(slug: str) -> None:
-    """Roll back SLUG's completed steps."""
-    await _operator_decision(slug, ProvisionerClient.abort)
+async def abort(slug: str, reason: str) -> None:
+    """Roll back SLUG's completed steps (its run must be awaiting a decision) and end the run failed."""
+    await _send_decision(slug, FailureAction.ABORT, reason)
 
 
 @cli.command()
@@ -271,7 +318,9 @@ async def demo(slug: str, template: str, params: tuple[str, ...]) -> None:
         _print_urls(stack)
         assert stack.client is not None
         pclient = ProvisionerClient(stack.client, stack.settings.task_queue)
-        spec = _spec_from_options(slug, f"Demo {slug}", template, params, DEFAULT_ENVIRONMENT, True, 120.0)
+        spec = _spec_from_options(
+            slug, f"Demo {slug}", template, params, DEFAULT_ENVIRONMENT, True, 120.0, FailurePolicy()
+        )
         started = datetime.now(UTC)
         progress = await create_and_watch(pclient, spec)
         elapsed = (datetime.now(UTC) - started).total_seconds()
@@ -335,6 +384,19 @@ async def api(host: str, port: int) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     await serve(Settings.from_env(), host, port)
+
+
+@cli.command("codec-server")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8081, show_default=True)
+@async_command
+async def codec_server(host: str, port: int) -> None:
+    """Serve only the payload codec endpoint (/codec) for the Temporal UI and CLI (keys from PROVISIONER_CODEC_KEYS,
+    tokens from PROVISIONER_API_TOKENS)."""
+    from provisioner.api.app import api_server, create_codec_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    await api_server(create_codec_app(Settings.from_env()), host, port).serve()
 
 
 @cli.command()

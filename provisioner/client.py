@@ -8,13 +8,20 @@ from dataclasses import asdict
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from provisioner.contracts import (
@@ -25,6 +32,7 @@ from provisioner.contracts import (
     TEMPLATE_NAME_PATTERN,
     TERMINAL_STATUSES,
     FieldError,
+    OperatorDecision,
     Progress,
     ProjectSpec,
     ProjectStatus,
@@ -59,8 +67,8 @@ class ProjectConflict(Exception):
     """The slug is already being provisioned with a different spec, or is busy with another operation."""
 
 
-class OperationNotSupported(Exception):
-    """The operation exists in the interface but not yet in the workflows."""
+class NoSuchRun(LookupError):
+    """The project has no provisioning run."""
 
 
 class ProvisionerClient:
@@ -133,7 +141,7 @@ class ProvisionerClient:
         if provisioning is not None and provisioning.status == WorkflowExecutionStatus.RUNNING:
             raise ProjectConflict(
                 f"project {slug!r} is being provisioned (run {provisioning.run_id}); "
-                "wait for it to end, or cancel it, before tearing the project down"
+                "wait for it to end (abort it if it awaits a decision) before tearing the project down"
             )
         attributes = [
             SearchAttributePair(SEARCH_ATTRIBUTE_SLUG, slug),
@@ -196,19 +204,27 @@ class ProvisionerClient:
     async def teardown_progress(self, slug: str) -> Progress:
         return await self.teardown_handle(slug).query(ProjectTeardownWorkflow.progress)
 
-    async def watch(self, slug: str, interval: timedelta = timedelta(milliseconds=250)) -> AsyncIterator[Progress]:
-        """Yield the provisioning progress each time it changes, ending with the terminal state."""
-        async for progress in self._watch(self.handle(slug), interval):
+    async def watch(
+        self,
+        slug: str,
+        interval: timedelta = timedelta(milliseconds=250),
+        stop_at: frozenset[ProjectStatus] = TERMINAL_STATUSES,
+    ) -> AsyncIterator[Progress]:
+        """Yield the provisioning progress each time it changes, ending with a status in `stop_at` (by default the
+        terminal ones; add AWAITING_DECISION to stop where an operator must act)."""
+        async for progress in self._watch(self.handle(slug), interval, stop_at):
             yield progress
 
     async def watch_teardown(
         self, slug: str, interval: timedelta = timedelta(milliseconds=250)
     ) -> AsyncIterator[Progress]:
         """Yield the teardown progress each time it changes, ending with the terminal state."""
-        async for progress in self._watch(self.teardown_handle(slug), interval):
+        async for progress in self._watch(self.teardown_handle(slug), interval, TERMINAL_STATUSES):
             yield progress
 
-    async def _watch(self, handle: WorkflowHandle[Any, Any], interval: timedelta) -> AsyncIterator[Progress]:
+    async def _watch(
+        self, handle: WorkflowHandle[Any, Any], interval: timedelta, stop_at: frozenset[ProjectStatus]
+    ) -> AsyncIterator[Progress]:
         """Poll the `progress` query, yielding changes, until a terminal status or until the run has closed.
 
         A run that was terminated, cancelled or timed out never reports a terminal status of its own, so every few
@@ -228,7 +244,7 @@ class ProvisionerClient:
             if progress != last:
                 yield progress
                 last, unchanged = progress, 0
-            if progress.status in TERMINAL_STATUSES:
+            if progress.status in stop_at:
                 return
             unchanged += 1
             if unchanged % CLOSED_CHECK_EVERY_POLLS == 0 and not await self._is_running(handle):
@@ -274,10 +290,19 @@ class ProvisionerClient:
             )
         return runs
 
-    async def retry(self, slug: str) -> None:
-        """Resume a failed step of SLUG's run (arrives with operator retry and rollback)."""
-        raise OperationNotSupported("retry is not supported yet: a failed run ends; start it again to re-run it")
+    async def decide(self, slug: str, decision: OperatorDecision) -> str:
+        """Send an operator's decision (retry, abort or leave) to SLUG's run awaiting one; returns its answer.
 
-    async def abort(self, slug: str) -> None:
-        """Roll back SLUG's completed steps (arrives with operator retry and rollback)."""
-        raise OperationNotSupported("abort is not supported yet: use teardown to remove a project's resources")
+        NoSuchRun when SLUG was never provisioned; ProjectConflict when its run is not awaiting a decision.
+        """
+        handle = self.handle(slug)
+        description = await self._describe(handle)
+        if description is None:
+            raise NoSuchRun(f"project {slug!r} has no provisioning run")
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            raise ProjectConflict(f"project {slug!r} is not awaiting a decision: its last run has ended")
+        try:
+            return await handle.execute_update(ProjectInitWorkflow.decide, decision)
+        except WorkflowUpdateFailedError as refused:
+            cause = refused.cause
+            raise ProjectConflict(cause.message if isinstance(cause, ApplicationError) else str(cause)) from None

@@ -7,6 +7,7 @@ stay free of I/O, clocks and randomness. Payloads travel through the pydantic da
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -37,6 +38,17 @@ ENVIRONMENT_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 PARAMETER_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_PARAMETERS = 64
 MAX_PARAMETER_VALUE_LENGTH = 4096
+# The spec travels in the workflow input and in several activity inputs (so several times in the run's history).
+MAX_PARAMETERS_TOTAL_LENGTH = 64 * 1024  # characters of all names and string values together
+# Integers every JSON client reads exactly (JavaScript's Number.MAX_SAFE_INTEGER); beyond 4300 digits Python's
+# own JSON decoding refuses them, which would leave a started run unable to read its input.
+MAX_PARAMETER_INTEGER = 2**53 - 1
+# A template name is a directory name and an environment name a kustomize overlay; the record's columns hold both.
+TEMPLATE_NAME_MAX_LENGTH = 63
+ENVIRONMENT_MAX_LENGTH = 63
+# How long a run whose step failed for good waits for an operator's decision before applying its default.
+DEFAULT_DECISION_TIMEOUT = timedelta(hours=24)
+MAX_DECISION_TIMEOUT = timedelta(days=30)
 
 MANAGED_BY = "provisioner"
 
@@ -57,6 +69,8 @@ class StepName(StrEnum):
     AWAIT_DELETION = "await_deletion"
     DELETE_REPOSITORY = "delete_repository"
     MARK_DELETED = "mark_deleted"
+    # Rollback of an aborted provisioning (with DELETE_FLUX_RESOURCES, AWAIT_DELETION and DELETE_REPOSITORY)
+    MARK_FAILED = "mark_failed"
 
 
 PROVISIONING_STEPS: tuple[StepName, ...] = (
@@ -90,6 +104,7 @@ STEP_TITLES: dict[StepName, str] = {
     StepName.AWAIT_DELETION: "Wait until they are gone",
     StepName.DELETE_REPOSITORY: "Delete the Git repository",
     StepName.MARK_DELETED: "Mark the record deleted",
+    StepName.MARK_FAILED: "Mark the record failed",
 }
 
 
@@ -110,6 +125,8 @@ class ProjectStatus(StrEnum):
     PROVISIONED = "provisioned"  # resources exist; Ready was not waited for
     NOT_READY = "not_ready"  # resources exist but Flux did not report Ready within the bound
     FAILED = "failed"
+    AWAITING_DECISION = "awaiting_decision"  # a step failed for good; waiting for an operator to retry or abort
+    ROLLING_BACK = "rolling_back"  # aborted: undoing the completed steps
     DELETING = "deleting"
     DELETED = "deleted"
 
@@ -142,6 +159,47 @@ class ErrorType(StrEnum):
     GIT_HOST_REJECTED = "GitHostRejected"  # the Git host refused a request no retry can fix (401, 403, 4xx)
 
 
+class FailureAction(StrEnum):
+    """What to do with a run whose step failed for good (an operator's decision, or the policy's default)."""
+
+    RETRY = "retry"  # run the failed step again, then carry on
+    ABORT = "abort"  # roll back the completed steps in reverse order and end the run failed
+    LEAVE = "leave"  # end the run failed and keep what it made, for inspection
+
+
+@dataclass
+class FailurePolicy:
+    """How a provisioning run behaves when a step fails for good.
+
+    It waits up to `decision_timeout` for an operator's decision (FailureAction) and then applies `default_action`
+    (ABORT or LEAVE; a zero timeout applies it at once). Rollback deletes the repository only if
+    `delete_repository_on_abort`.
+    """
+
+    decision_timeout: timedelta = DEFAULT_DECISION_TIMEOUT
+    default_action: FailureAction = FailureAction.ABORT
+    delete_repository_on_abort: bool = False
+
+
+@dataclass
+class OperatorDecision:
+    """An operator's answer to a run awaiting a decision (the workflow's `decide` update)."""
+
+    action: FailureAction
+    reason: str = ""
+
+
+@dataclass
+class PendingDecision:
+    """What a run awaiting a decision shows in its progress."""
+
+    step: StepName
+    error_type: str
+    message: str
+    deadline: datetime
+    default_action: FailureAction
+
+
 @dataclass(frozen=True)
 class FieldError:
     """One invalid field of a request, named by its dotted path (e.g. `parameters.replicas`)."""
@@ -164,6 +222,7 @@ class ProjectSpec:
     environment: str = DEFAULT_ENVIRONMENT
     wait_for_ready: bool = True
     ready_timeout: timedelta = DEFAULT_READY_TIMEOUT
+    on_failure: FailurePolicy = field(default_factory=FailurePolicy)
 
     @property
     def namespace(self) -> str:
@@ -194,15 +253,32 @@ SEARCH_ATTRIBUTES = (SEARCH_ATTRIBUTE_SLUG, SEARCH_ATTRIBUTE_TEMPLATE, SEARCH_AT
 def validate_spec(spec: ProjectSpec) -> list[FieldError]:
     """Check the request's shape. Template-specific parameter rules are checked against the template itself."""
     errors = slug_errors(spec.slug)
-    if not isinstance(spec.display_name, str) or not spec.display_name.strip():
+    if not isinstance(spec.display_name, str):
+        errors.append(FieldError("display_name", "must be a string"))
+    elif not spec.display_name.strip():
         errors.append(FieldError("display_name", "must not be empty"))
     elif len(spec.display_name) > DISPLAY_NAME_MAX_LENGTH or not spec.display_name.isprintable():
         errors.append(FieldError("display_name", f"must be printable and at most {DISPLAY_NAME_MAX_LENGTH} characters"))
-    if not isinstance(spec.template, str) or not TEMPLATE_NAME_PATTERN.fullmatch(spec.template):
-        errors.append(FieldError("template", "must be a template name such as 'web-service'"))
-    if not isinstance(spec.environment, str) or not ENVIRONMENT_PATTERN.fullmatch(spec.environment):
-        errors.append(FieldError("environment", "must be an environment name such as 'development'"))
+    if not is_template_name(spec.template):
+        errors.append(
+            FieldError(
+                "template",
+                f"must be a template name such as 'web-service' (at most {TEMPLATE_NAME_MAX_LENGTH} characters)",
+            )
+        )
+    if (
+        not isinstance(spec.environment, str)
+        or len(spec.environment) > ENVIRONMENT_MAX_LENGTH
+        or not ENVIRONMENT_PATTERN.fullmatch(spec.environment)
+    ):
+        errors.append(
+            FieldError(
+                "environment",
+                f"must be an environment name such as 'development' (at most {ENVIRONMENT_MAX_LENGTH} characters)",
+            )
+        )
     errors.extend(_validate_parameters(spec.parameters))
+    errors.extend(_validate_failure_policy(spec.on_failure))
     if not isinstance(spec.ready_timeout, timedelta) or not (
         MIN_READY_TIMEOUT <= spec.ready_timeout <= MAX_READY_TIMEOUT
     ):
@@ -216,20 +292,75 @@ def validate_spec(spec: ProjectSpec) -> list[FieldError]:
     return errors
 
 
+def _validate_failure_policy(policy: FailurePolicy) -> list[FieldError]:
+    if not isinstance(policy, FailurePolicy):
+        return [FieldError("on_failure", "must be a failure policy")]
+    errors: list[FieldError] = []
+    if not isinstance(policy.decision_timeout, timedelta) or not (
+        timedelta(0) <= policy.decision_timeout <= MAX_DECISION_TIMEOUT
+    ):
+        errors.append(
+            FieldError(
+                "on_failure.decision_timeout", f"must be between 0 s and {MAX_DECISION_TIMEOUT.days} days"
+            )
+        )
+    if policy.default_action not in (FailureAction.ABORT, FailureAction.LEAVE):
+        # A default retry would loop for ever on a failure that needs a human.
+        errors.append(FieldError("on_failure.default_action", "must be 'abort' or 'leave'"))
+    return errors
+
+
 def _validate_parameters(parameters: Parameters) -> list[FieldError]:
     if not isinstance(parameters, dict):
         return [FieldError("parameters", "must be a mapping of names to values")]
     errors: list[FieldError] = []
     if len(parameters) > MAX_PARAMETERS:
         errors.append(FieldError("parameters", f"must hold at most {MAX_PARAMETERS} entries"))
+    total_length = 0
     for name, value in parameters.items():
         if not isinstance(name, str) or not PARAMETER_NAME_PATTERN.fullmatch(name):
-            errors.append(FieldError(f"parameters.{name}", "is not a valid parameter name"))
-        elif not isinstance(value, str | int | float | bool):
-            errors.append(FieldError(f"parameters.{name}", "must be a string, number or boolean"))
-        elif isinstance(value, str) and len(value) > MAX_PARAMETER_VALUE_LENGTH:
-            errors.append(FieldError(f"parameters.{name}", f"must be at most {MAX_PARAMETER_VALUE_LENGTH} characters"))
+            shown = name if not isinstance(name, str) or len(name) <= 80 else name[:80] + "..."
+            errors.append(FieldError(f"parameters.{shown}", "is not a valid parameter name"))
+            continue
+        problem = _parameter_value_problem(value)
+        if problem:
+            errors.append(FieldError(f"parameters.{name}", problem))
+        else:  # only acceptable entries count: one oversized value is reported once, by its own field
+            total_length += len(name) + (len(value) if isinstance(value, str) else 0)
+    if total_length > MAX_PARAMETERS_TOTAL_LENGTH:
+        errors.append(
+            FieldError("parameters", f"must total at most {MAX_PARAMETERS_TOTAL_LENGTH} characters of names and values")
+        )
     return errors
+
+
+def _parameter_value_problem(value: object) -> str | None:
+    """Why `value` cannot be a parameter value whatever the template says, or None. Every accepted value survives
+    the JSON round trip to the worker unchanged."""
+    if isinstance(value, str):
+        if len(value) > MAX_PARAMETER_VALUE_LENGTH:
+            return f"must be at most {MAX_PARAMETER_VALUE_LENGTH} characters"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "must be valid Unicode text (it holds a lone surrogate)"
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if abs(value) > MAX_PARAMETER_INTEGER:
+            return f"must be between -{MAX_PARAMETER_INTEGER} and {MAX_PARAMETER_INTEGER}"
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "must be a finite number"
+    return "must be a string, number or boolean"
+
+
+def is_template_name(name: object) -> bool:
+    """A plain directory name: it can never address anything outside the templates directory."""
+    return (
+        isinstance(name, str) and len(name) <= TEMPLATE_NAME_MAX_LENGTH and bool(TEMPLATE_NAME_PATTERN.fullmatch(name))
+    )
 
 
 # ---- Activity inputs and results -------------------------------------------------------------------------
@@ -361,6 +492,7 @@ class Progress:
     steps: list[StepProgress]
     message: str = ""
     updated_at: datetime | None = None
+    decision: PendingDecision | None = None  # set while the run awaits an operator's decision
 
     @property
     def current_step(self) -> StepProgress | None:

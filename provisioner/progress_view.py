@@ -26,6 +26,8 @@ STATUS_STYLES: dict[ProjectStatus, str] = {
     ProjectStatus.PROVISIONED: "green",
     ProjectStatus.NOT_READY: "bold yellow",
     ProjectStatus.FAILED: "bold red",
+    ProjectStatus.AWAITING_DECISION: "bold yellow",
+    ProjectStatus.ROLLING_BACK: "magenta",
     ProjectStatus.DELETING: "magenta",
     ProjectStatus.DELETED: "bold magenta",
 }

@@ -5,6 +5,11 @@ validate and render the template -> create the repository -> push the template -
 
 Each step is an activity with its own timeout and retry policy (workflows/steps.py). Waiting for Ready is a loop
 of short activities between durable timers, so a waiting project holds no worker thread.
+
+When a step fails for good, the run records the failure and waits (bounded by the spec's FailurePolicy) for an
+operator's decision, sent as the `decide` update: retry resumes at the failed step; abort rolls the completed steps
+back in reverse order (workflows/cleanup.py) and ends the run failed; leave ends it failed and keeps what was made.
+No decision within the bound applies the policy's default.
 """
 
 from __future__ import annotations
@@ -12,16 +17,21 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, is_cancelled_exception
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
+from workflows.cleanup import CLEANUP_POLICIES, delete_cluster_resources, delete_repository
 from workflows.steps import PollSchedule, StepFailed, StepPolicy, StepRunner, describe_failure, step_policy
 
 with workflow.unsafe.imports_passed_through():
     from provisioner.contracts import (
+        DEFAULT_DELETION_TIMEOUT,
         PROVISIONING_STEPS,
         ErrorType,
+        FailureAction,
         FluxApplyRequest,
         FluxApplyResult,
+        OperatorDecision,
+        PendingDecision,
         Progress,
         ProjectRecordUpdate,
         ProjectSpec,
@@ -57,7 +67,13 @@ STEP_POLICIES: dict[StepName, StepPolicy] = {
     # One readiness check: retried by the server a few times; the wait loop itself is the outer retry.
     StepName.AWAIT_READY: step_policy(timedelta(seconds=20), 3, timedelta(seconds=2)),
     StepName.FINALIZE_RECORD: step_policy(timedelta(seconds=30), 12, timedelta(seconds=30)),
+    # The rollback of an aborted run
+    **CLEANUP_POLICIES,
+    StepName.MARK_FAILED: step_policy(timedelta(seconds=30), 12, timedelta(seconds=30)),
 }
+ROLLBACK_DELETION_TIMEOUT = DEFAULT_DELETION_TIMEOUT
+# `ApplicationError.type` of a decision sent to a run that is not awaiting one.
+NOT_AWAITING_DECISION = "NotAwaitingDecision"
 
 READY_POLL_INITIAL_INTERVAL = timedelta(seconds=1)
 READY_POLL_MAXIMUM_INTERVAL = timedelta(seconds=10)
@@ -70,23 +86,57 @@ class ProjectInitWorkflow:
     def __init__(self, spec: ProjectSpec) -> None:
         self._spec = spec
         self._steps = StepRunner(spec.slug, PROVISIONING_STEPS, STEP_POLICIES)
+        # What the completed steps produced: a retry resumes at the failed step and never re-runs these.
+        self._rendered: RenderSummary | None = None
+        self._repository: RepositoryInfo | None = None
+        self._pushed: PushResult | None = None
         self._record_written = False
+        self._applied = False
+        self._decision: OperatorDecision | None = None
 
     @workflow.query
     def progress(self) -> Progress:
         return self._steps.progress()
 
+    @workflow.update
+    def decide(self, decision: OperatorDecision) -> str:
+        """An operator's retry, abort or leave for a run awaiting a decision (see FailurePolicy)."""
+        if self._steps.decision is None or self._decision is not None:
+            # A second decision that passed validation together with the first one.
+            raise ApplicationError(f"{self._spec.slug} has already been decided", type=NOT_AWAITING_DECISION)
+        self._decision = decision
+        return f"{decision.action.value} accepted for {self._spec.slug}"
+
+    @decide.validator
+    def _accepts_decision(self, decision: OperatorDecision) -> None:
+        """Rejected updates leave no trace in the history."""
+        if self._steps.decision is None or self._decision is not None:
+            raise ApplicationError(
+                f"{self._spec.slug} is not awaiting a decision (it is {self._steps.status.value})",
+                type=NOT_AWAITING_DECISION,
+            )
+
     @workflow.run
     async def run(self, spec: ProjectSpec) -> ProvisioningResult:
-        self._steps.set_status(ProjectStatus.PROVISIONING, f"provisioning {spec.slug} from template {spec.template}")
-        try:
-            result = await self._provision(spec)
-        except StepFailed as failure:
-            await self._record_failure(failure)
-            self._steps.record_provisioning(spec.template, ProjectStatus.FAILED)
-            raise self._steps.fail_run(failure) from None
-        self._steps.record_provisioning(spec.template, result.status)
-        return result
+        steps = self._steps
+        steps.set_status(ProjectStatus.PROVISIONING, f"provisioning {spec.slug} from template {spec.template}")
+        while True:
+            try:
+                result = await self._provision(spec)
+            except StepFailed as failure:
+                decision = await self._await_decision(failure)
+                if decision.action is FailureAction.RETRY:
+                    steps.reset(failure.step, _decided("retry requested", decision))
+                    steps.set_status(ProjectStatus.PROVISIONING, f"retrying {failure.step.value}")
+                    continue
+                if decision.action is FailureAction.ABORT:
+                    failure = await self._roll_back(failure, decision)
+                else:
+                    await self._mirror_in_record(ProjectStatus.FAILED, _decided(failure.message, decision))
+                steps.record_provisioning(spec.template, ProjectStatus.FAILED)
+                raise steps.fail_run(failure) from None
+            steps.record_provisioning(spec.template, result.status)
+            return result
 
     async def _provision(self, spec: ProjectSpec) -> ProvisioningResult:
         steps = self._steps
@@ -96,46 +146,56 @@ class ProjectInitWorkflow:
             steps.fail(StepName.VALIDATE_TEMPLATE, 1, message)
             raise StepFailed(StepName.VALIDATE_TEMPLATE, message, ErrorType.INVALID_INPUT.value)
 
-        rendered = await steps.run(
-            StepName.VALIDATE_TEMPLATE,
-            VALIDATE_TEMPLATE,
-            spec,
-            RenderSummary,
-            lambda r: f"{r.file_count} files render; kustomization found at {r.kustomize_path}",
-        )
-        repository = await steps.run(
-            StepName.CREATE_REPOSITORY,
-            CREATE_REPOSITORY,
-            spec,
-            RepositoryInfo,
-            lambda r: f"{'created' if r.created else 'already present'}: {r.clone_url}",
-        )
-        pushed = await steps.run(
-            StepName.PUSH_TEMPLATE,
-            PUSH_TEMPLATE,
-            PushRequest(spec=spec, repository=repository),
-            PushResult,
-            lambda r: f"{'pushed' if r.pushed else 'already up to date at'} {r.branch}@{r.commit_sha[:12]}",
-        )
-        record = self._record(ProjectStatus.PROVISIONING, "template pushed; applying Flux resources")
-        record.repo_url, record.commit_sha = repository.clone_url, pushed.commit_sha
-        await steps.run(
-            StepName.PERSIST_RECORD,
-            UPSERT_PROJECT_RECORD,
-            record,
-            object,
-            lambda _: f"record {spec.slug} saved as {ProjectStatus.PROVISIONING.value}",
-        )
-        self._record_written = True
-        await steps.run(
-            StepName.APPLY_FLUX_RESOURCES,
-            APPLY_FLUX_RESOURCES,
-            FluxApplyRequest(
-                spec=spec, repository=repository, commit_sha=pushed.commit_sha, kustomize_path=rendered.kustomize_path
-            ),
-            FluxApplyResult,
-            lambda r: "applied " + ", ".join(f"{o.kind}/{o.name}" for o in r.objects),
-        )
+        if self._rendered is None:
+            self._rendered = await steps.run(
+                StepName.VALIDATE_TEMPLATE,
+                VALIDATE_TEMPLATE,
+                spec,
+                RenderSummary,
+                lambda r: f"{r.file_count} files render; kustomization found at {r.kustomize_path}",
+            )
+        if self._repository is None:
+            self._repository = await steps.run(
+                StepName.CREATE_REPOSITORY,
+                CREATE_REPOSITORY,
+                spec,
+                RepositoryInfo,
+                lambda r: f"{'created' if r.created else 'already present'}: {r.clone_url}",
+            )
+        repository = self._repository
+        if self._pushed is None:
+            self._pushed = await steps.run(
+                StepName.PUSH_TEMPLATE,
+                PUSH_TEMPLATE,
+                PushRequest(spec=spec, repository=repository),
+                PushResult,
+                lambda r: f"{'pushed' if r.pushed else 'already up to date at'} {r.branch}@{r.commit_sha[:12]}",
+            )
+        pushed = self._pushed
+        if not self._record_written:
+            record = self._record(ProjectStatus.PROVISIONING, "template pushed; applying Flux resources")
+            await steps.run(
+                StepName.PERSIST_RECORD,
+                UPSERT_PROJECT_RECORD,
+                record,
+                object,
+                lambda _: f"record {spec.slug} saved as {ProjectStatus.PROVISIONING.value}",
+            )
+            self._record_written = True
+        if not self._applied:
+            await steps.run(
+                StepName.APPLY_FLUX_RESOURCES,
+                APPLY_FLUX_RESOURCES,
+                FluxApplyRequest(
+                    spec=spec,
+                    repository=repository,
+                    commit_sha=pushed.commit_sha,
+                    kustomize_path=self._rendered.kustomize_path,
+                ),
+                FluxApplyResult,
+                lambda r: "applied " + ", ".join(f"{o.kind}/{o.name}" for o in r.objects),
+            )
+            self._applied = True
 
         readiness: ReadinessReport | None = None
         if spec.wait_for_ready:
@@ -196,24 +256,103 @@ class ProjectInitWorkflow:
             steps.note(step, f"waiting: {report.reason}: {report.message}")
             await schedule.sleep()
 
-    async def _record_failure(self, failure: StepFailed) -> None:
-        """Mirror the failure in the database, but only when something external exists to describe."""
-        steps, spec = self._steps, self._spec
-        steps.set_status(ProjectStatus.FAILED, f"{failure.step.value} failed: {failure.message}")
-        repository_created = steps.step(StepName.CREATE_REPOSITORY).state is StepState.SUCCEEDED
-        if not (self._record_written or repository_created):
+    async def _await_decision(self, failure: StepFailed) -> OperatorDecision:
+        """Record the failure and wait, bounded by the failure policy, for an operator's decision.
+
+        Invalid input is final: nothing was made, and no decision can change the request.
+        """
+        steps, policy = self._steps, self._spec.on_failure
+        summary = f"{failure.step.value} failed: {failure.message}"
+        if failure.error_type == ErrorType.INVALID_INPUT.value:
+            steps.set_status(ProjectStatus.FAILED, summary)
+            return OperatorDecision(FailureAction.LEAVE, "invalid input: nothing was made")
+        if policy.decision_timeout <= timedelta(0):
+            return OperatorDecision(policy.default_action, "the failure policy decides at once")
+        deadline = workflow.now() + policy.decision_timeout
+        message = (
+            f"{summary}; awaiting an operator's decision (retry or abort) until "
+            f"{deadline:%Y-%m-%d %H:%M:%S} UTC, then {policy.default_action.value}"
+        )
+        # The record first: whoever sees "awaiting decision" in the progress finds it in the record too.
+        await self._mirror_in_record(ProjectStatus.AWAITING_DECISION, message)
+        steps.decision = PendingDecision(
+            step=failure.step,
+            error_type=failure.error_type,
+            message=failure.message,
+            deadline=deadline,
+            default_action=policy.default_action,
+        )
+        steps.set_status(ProjectStatus.AWAITING_DECISION, message)
+        try:
+            await workflow.wait_condition(
+                lambda: self._decision is not None,
+                timeout=max(deadline - workflow.now(), timedelta(milliseconds=1)),
+                timeout_summary="Await an operator's decision",
+            )
+            decision = self._decision
+        except TimeoutError:
+            decision = None
+        if decision is None:
+            decision = OperatorDecision(
+                policy.default_action, f"no decision within {policy.decision_timeout}: the policy's default"
+            )
+        steps.decision, self._decision = None, None
+        return decision
+
+    async def _roll_back(self, failure: StepFailed, decision: OperatorDecision) -> StepFailed:
+        """Undo the completed steps in reverse order: the cluster objects (if the apply began), the record, and the
+        repository (if the policy says so). Returns the failure the run ends with."""
+        steps, spec, policy = self._steps, self._spec, self._spec.on_failure
+        apply_began = steps.step(StepName.APPLY_FLUX_RESOURCES).state is not StepState.PENDING
+        has_repository = self._repository is not None
+        rollback = [StepName.DELETE_FLUX_RESOURCES, StepName.AWAIT_DELETION] if apply_began else []
+        if self._record_written or has_repository:
+            rollback.append(StepName.MARK_FAILED)
+        if has_repository:
+            rollback.append(StepName.DELETE_REPOSITORY)
+        steps.add_steps(rollback)
+        steps.set_status(ProjectStatus.ROLLING_BACK, _decided(f"aborted after {failure.step.value} failed", decision))
+        repository = "the repository is deleted" if policy.delete_repository_on_abort else "the repository is kept"
+        outcome = "rolled back: " + ("cluster resources removed; " if apply_began else "") + repository
+        try:
+            if apply_began:
+                await delete_cluster_resources(steps, spec.slug, ROLLBACK_DELETION_TIMEOUT)
+            if StepName.MARK_FAILED in rollback:
+                message = _decided(f"{failure.step.value} failed: {failure.message}; {outcome}", decision)
+                await steps.run(
+                    StepName.MARK_FAILED,
+                    UPSERT_PROJECT_RECORD,
+                    self._record(ProjectStatus.FAILED, message),
+                    object,
+                    lambda _: f"record {spec.slug} marked {ProjectStatus.FAILED.value}",
+                )
+            if has_repository and policy.delete_repository_on_abort:
+                await delete_repository(steps, spec.slug)
+            elif has_repository:
+                steps.skip(StepName.DELETE_REPOSITORY, "kept, as the failure policy says")
+        except StepFailed as rollback_failure:
+            outcome = f"rollback failed at {rollback_failure.step.value}: {rollback_failure.message}"
+            summary = f"{failure.step.value} failed: {failure.message}; {outcome}"
+            await self._mirror_in_record(ProjectStatus.FAILED, summary)
+        aborted = StepFailed(failure.step, f"{failure.message} (aborted; {outcome})", failure.error_type)
+        steps.set_status(ProjectStatus.FAILED, f"{failure.step.value} failed: {aborted.message}")
+        return aborted
+
+    async def _mirror_in_record(self, status: ProjectStatus, message: str) -> None:
+        """Best effort: show a failure in the database, but only when something external exists to describe."""
+        if not (self._record_written or self._repository is not None):
             return
         try:
-            await steps.run_once(
+            await self._steps.run_once(
                 UPSERT_PROJECT_RECORD,
-                self._record(ProjectStatus.FAILED, steps.message),
+                self._record(status, message),
                 STEP_POLICIES[StepName.FINALIZE_RECORD],
-                "Record the failure",
+                f"Record the status {status.value}",
             )
         except ActivityError as error:
             if is_cancelled_exception(error):
                 raise
-            workflow.logger.warning("could not record the failure of %s: %s", spec.slug, error)
+            workflow.logger.warning("could not record %s for %s: %s", status.value, self._spec.slug, error)
 
     def _record(self, status: ProjectStatus, message: str) -> ProjectRecordUpdate:
         """The whole record as this run knows it: either write may be the first to create the row."""
@@ -226,8 +365,14 @@ class ProjectInitWorkflow:
             environment=spec.environment,
             namespace=spec.namespace,
             workflow_id=workflow.info().workflow_id,
+            repo_url=self._repository.clone_url if self._repository else None,
+            commit_sha=self._pushed.commit_sha if self._pushed else None,
             last_message=message,
         )
+
+
+def _decided(message: str, decision: OperatorDecision) -> str:
+    return f"{message} ({decision.action.value}: {decision.reason})" if decision.reason else message
 
 
 def _outcome_message(status: ProjectStatus, readiness: ReadinessReport | None) -> str:

@@ -15,20 +15,16 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
-from workflows.steps import PollSchedule, StepFailed, StepPolicy, StepRunner, describe_failure, step_policy
+from workflows.cleanup import CLEANUP_POLICIES, delete_cluster_resources, delete_repository
+from workflows.steps import StepFailed, StepPolicy, StepRunner, describe_failure, step_policy
 
 with workflow.unsafe.imports_passed_through():
     from provisioner.contracts import (
         TEARDOWN_STEPS,
-        DeletionReport,
         ErrorType,
-        FluxDeletionRequest,
-        FluxDeletionResult,
         Progress,
         ProjectRecordUpdate,
         ProjectStatus,
-        RepositoryDeletionRequest,
-        RepositoryDeletionResult,
         StepName,
         TeardownResult,
         TeardownSpec,
@@ -39,25 +35,13 @@ with workflow.unsafe.imports_passed_through():
 # Activity names (see workflows/project_init.py: the workflow imports none of the activities' code).
 DESCRIBE_PROVISIONING_RUN = "describe_provisioning_run"
 MARK_PROJECT_RECORD = "mark_project_record"  # update-only: never creates a record
-DELETE_FLUX_RESOURCES = "delete_flux_resources"
-CHECK_FLUX_DELETION = "check_flux_deletion"
-DELETE_REPOSITORY = "delete_repository"
-
-# `ApplicationError.type` of a teardown whose objects outlived `deletion_timeout` (not in `contracts.ErrorType`).
 
 STEP_POLICIES: dict[StepName, StepPolicy] = {
     StepName.MARK_DELETING: step_policy(timedelta(seconds=30), 12, timedelta(seconds=30)),
-    StepName.DELETE_FLUX_RESOURCES: step_policy(timedelta(seconds=30), 12, timedelta(seconds=30)),
-    # One deletion check: retried by the server a few times; the wait loop itself is the outer retry.
-    StepName.AWAIT_DELETION: step_policy(timedelta(seconds=20), 3, timedelta(seconds=2)),
-    StepName.DELETE_REPOSITORY: step_policy(timedelta(seconds=30), 8, timedelta(seconds=30)),
+    **CLEANUP_POLICIES,
     StepName.MARK_DELETED: step_policy(timedelta(seconds=30), 12, timedelta(seconds=30)),
 }
 BUSY_CHECK_POLICY = step_policy(timedelta(seconds=10), 5, timedelta(seconds=5))
-
-DELETION_POLL_INITIAL_INTERVAL = timedelta(seconds=1)
-DELETION_POLL_MAXIMUM_INTERVAL = timedelta(seconds=10)
-DELETION_POLL_BACKOFF = 1.5
 
 RUNNING = "RUNNING"  # temporalio.client.WorkflowExecutionStatus.RUNNING.name
 
@@ -106,22 +90,11 @@ class ProjectTeardownWorkflow:
         )
         self._record_exists = marked is not None
 
-        request = FluxDeletionRequest(namespace=slug, name=slug, project=slug)
-        await steps.run(
-            StepName.DELETE_FLUX_RESOURCES, DELETE_FLUX_RESOURCES, request, FluxDeletionResult, _describe_deletion
-        )
-        await self._await_deletion(spec, request)
+        await delete_cluster_resources(steps, slug, spec.deletion_timeout)
 
         repository_deleted = False
         if spec.delete_repository:
-            deleted = await steps.run(
-                StepName.DELETE_REPOSITORY,
-                DELETE_REPOSITORY,
-                RepositoryDeletionRequest(slug=slug),
-                RepositoryDeletionResult,
-                lambda r: f"deleted repository {r.name}" if r.deleted else "no repository to delete",
-            )
-            repository_deleted = deleted.deleted
+            repository_deleted = await delete_repository(steps, slug)
             repository = "repository deleted" if repository_deleted else "no repository to delete"
         else:
             steps.skip(StepName.DELETE_REPOSITORY, "kept: the repository stays (deletion not requested)")
@@ -170,41 +143,6 @@ class ProjectTeardownWorkflow:
             self._steps.fail(step, 1, message)
             raise StepFailed(step, message, ErrorType.PROJECT_BUSY.value)
 
-    async def _await_deletion(self, spec: TeardownSpec, request: FluxDeletionRequest) -> None:
-        step, steps = StepName.AWAIT_DELETION, self._steps
-        schedule = PollSchedule.starting_now(
-            spec.deletion_timeout,
-            DELETION_POLL_INITIAL_INTERVAL,
-            DELETION_POLL_MAXIMUM_INTERVAL,
-            DELETION_POLL_BACKOFF,
-        )
-        remaining_objects = "no check has answered yet"
-        check = 0
-        while True:
-            check += 1
-            try:
-                report = await steps.check(step, check, CHECK_FLUX_DELETION, request, DeletionReport)
-            except ActivityError as error:
-                if is_cancelled_exception(error):
-                    raise
-                message, error_type, retryable = describe_failure(error)
-                if not retryable:
-                    steps.fail(step, check, message)
-                    raise StepFailed(step, message, error_type) from None
-                # The cluster API being briefly unreachable is as transient as an object still finalizing.
-                waiting_on = f"{remaining_objects} (the last check failed: {message})"
-            else:
-                if report.gone:
-                    steps.succeed(step, "the Kustomization, GitRepository and Namespace are gone")
-                    return
-                remaining_objects = waiting_on = report.describe()
-            if schedule.expired():
-                message = f"still present after {spec.deletion_timeout}: {waiting_on}"
-                steps.fail(step, check, message)
-                raise StepFailed(step, message, ErrorType.DELETION_TIMED_OUT.value)
-            steps.note(step, f"waiting: {waiting_on}")
-            await schedule.sleep()
-
     async def _record_failure(self, failure: StepFailed) -> None:
         """Mirror the failure in the record, but only when this teardown found one and started changing it."""
         steps, spec = self._steps, self._spec
@@ -223,9 +161,3 @@ class ProjectTeardownWorkflow:
                 raise
             workflow.logger.warning("could not record the failed teardown of %s: %s", spec.slug, error)
 
-
-def _describe_deletion(result: FluxDeletionResult) -> str:
-    if not result.requested:
-        return "nothing to delete: " + ", ".join(result.absent) + " already absent"
-    message = "deletion requested: " + ", ".join(result.requested)
-    return message + (f"; already absent: {', '.join(result.absent)}" if result.absent else "")

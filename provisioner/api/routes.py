@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from http import HTTPStatus
@@ -21,6 +21,7 @@ from activities import records
 from provisioner.api.events import progress_events
 from provisioner.api.progress import RunProgressReader
 from provisioner.api.schemas import (
+    DecisionRequest,
     ErrorResponse,
     Health,
     OperationAccepted,
@@ -32,12 +33,14 @@ from provisioner.api.schemas import (
 )
 from provisioner.client import (
     InvalidRequest,
-    OperationNotSupported,
+    NoSuchRun,
     ProjectConflict,
     ProvisionerClient,
 )
 from provisioner.contracts import (
+    FailureAction,
     FieldError,
+    OperatorDecision,
     ProjectSpec,
     ProjectStatus,
     provisioning_workflow_id,
@@ -90,7 +93,6 @@ def _error(status: HTTPStatus, description: str) -> dict[int | str, dict[str, An
 
 NOT_FOUND = _error(HTTPStatus.NOT_FOUND, "No such project: neither a record nor a workflow run.")
 CONFLICT = _error(HTTPStatus.CONFLICT, "The project is busy with a different request or another operation.")
-NOT_IMPLEMENTED = _error(HTTPStatus.NOT_IMPLEMENTED, "The operation is not supported yet.")
 
 
 def projects_router(context: ApiContext) -> APIRouter:
@@ -185,11 +187,12 @@ def projects_router(context: ApiContext) -> APIRouter:
         response.headers["Location"] = project_links(slug).project
         return _accepted(slug, handle)
 
-    async def run_operation(slug: str, operation: Callable[[str], Awaitable[None]]) -> OperationAccepted:
+    async def decide(slug: str, action: FailureAction, request: DecisionRequest | None) -> OperationAccepted:
+        decision = OperatorDecision(action, request.reason if request else "")
         try:
-            await operation(slug)
-        except OperationNotSupported as unsupported:
-            raise HTTPException(HTTPStatus.NOT_IMPLEMENTED, str(unsupported)) from None
+            await context.provisioner.decide(slug, decision)
+        except NoSuchRun as missing:
+            raise HTTPException(HTTPStatus.NOT_FOUND, str(missing)) from None
         except ProjectConflict as conflict:
             raise HTTPException(HTTPStatus.CONFLICT, str(conflict)) from None
         return OperationAccepted(
@@ -199,20 +202,23 @@ def projects_router(context: ApiContext) -> APIRouter:
     @router.post(
         "/{slug}/retry",
         status_code=HTTPStatus.ACCEPTED,
-        responses={**NOT_FOUND, **CONFLICT, **NOT_IMPLEMENTED},
-        summary="Resume the failed step of a provisioning run",
+        responses={**NOT_FOUND, **CONFLICT},
+        summary="Resume the failed step of a run awaiting a decision",
+        description="Refused (409) unless the project's run is awaiting an operator's decision.",
     )
-    async def retry_project(slug: str) -> OperationAccepted:
-        return await run_operation(slug, context.provisioner.retry)
+    async def retry_project(slug: str, request: DecisionRequest | None = None) -> OperationAccepted:
+        return await decide(slug, FailureAction.RETRY, request)
 
     @router.post(
         "/{slug}/abort",
         status_code=HTTPStatus.ACCEPTED,
-        responses={**NOT_FOUND, **CONFLICT, **NOT_IMPLEMENTED},
-        summary="Abort a provisioning run and roll back its completed steps",
+        responses={**NOT_FOUND, **CONFLICT},
+        summary="Roll back the completed steps of a run awaiting a decision",
+        description="The Flux objects and the namespace are deleted, the record is marked failed, and the repository "
+        "is kept or deleted as the run's failure policy says. Refused (409) unless the run awaits a decision.",
     )
-    async def abort_project(slug: str) -> OperationAccepted:
-        return await run_operation(slug, context.provisioner.abort)
+    async def abort_project(slug: str, request: DecisionRequest | None = None) -> OperationAccepted:
+        return await decide(slug, FailureAction.ABORT, request)
 
     return router
 

@@ -14,10 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from activities.records import ProjectView
 from provisioner.contracts import (
+    DEFAULT_DECISION_TIMEOUT,
     DEFAULT_ENVIRONMENT,
     DEFAULT_READY_TIMEOUT,
     DISPLAY_NAME_MAX_LENGTH,
     ENVIRONMENT_PATTERN,
+    MAX_DECISION_TIMEOUT,
     MAX_PARAMETERS,
     MAX_READY_TIMEOUT,
     MIN_READY_TIMEOUT,
@@ -25,6 +27,8 @@ from provisioner.contracts import (
     SLUG_MIN_LENGTH,
     SLUG_PATTERN,
     TEMPLATE_NAME_PATTERN,
+    FailureAction,
+    FailurePolicy,
     FieldError,
     ParameterValue,
     Progress,
@@ -36,6 +40,39 @@ PROGRESS_JSON = TypeAdapter(Progress)
 
 # Contract field names that the API spells differently.
 _API_FIELD_NAMES = {"ready_timeout": "ready_timeout_seconds"}
+
+
+class FailurePolicyRequest(BaseModel):
+    """What the run does when a step fails for good (contracts.FailurePolicy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision_timeout_seconds: int = Field(
+        default=int(DEFAULT_DECISION_TIMEOUT.total_seconds()),
+        ge=0,
+        le=int(MAX_DECISION_TIMEOUT.total_seconds()),
+        description="How long the run waits for an operator's retry or abort; 0 applies the default at once.",
+    )
+    default_action: Literal["abort", "leave"] = Field(
+        default="abort",
+        description="Applied when no decision arrives in time: abort rolls the completed steps back, leave keeps them.",
+    )
+    delete_repository_on_abort: bool = Field(default=False, description="Whether a rollback deletes the repository.")
+
+    def to_policy(self) -> FailurePolicy:
+        return FailurePolicy(
+            decision_timeout=timedelta(seconds=self.decision_timeout_seconds),
+            default_action=FailureAction(self.default_action),
+            delete_repository_on_abort=self.delete_repository_on_abort,
+        )
+
+
+class DecisionRequest(BaseModel):
+    """An operator's note with a retry or abort, kept in the run's progress and the project record."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=500, examples=["quota raised"])
 
 
 class ProjectRequest(BaseModel):
@@ -65,6 +102,7 @@ class ProjectRequest(BaseModel):
         le=int(MAX_READY_TIMEOUT.total_seconds()),
         description="How long to wait for Ready before ending as not_ready.",
     )
+    on_failure: FailurePolicyRequest = Field(default_factory=FailurePolicyRequest)
 
     def to_spec(self) -> ProjectSpec:
         return ProjectSpec(
@@ -75,6 +113,7 @@ class ProjectRequest(BaseModel):
             environment=self.environment,
             wait_for_ready=self.wait_for_ready,
             ready_timeout=timedelta(seconds=self.ready_timeout_seconds),
+            on_failure=self.on_failure.to_policy(),
         )
 
 

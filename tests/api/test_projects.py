@@ -1,5 +1,5 @@
-"""The project routes on the real stack: start, repeat, conflict, read, list, tear down, and the unsupported
-operations. Flux (simulated) is held where a run must still be running when it is looked at."""
+"""The project routes on the real stack: start, repeat, conflict, read, list, tear down, and operator
+decisions. Flux (simulated) is held where a run must still be running when it is looked at."""
 
 from __future__ import annotations
 
@@ -176,11 +176,42 @@ async def test_delete_while_provisioning_is_a_conflict(api: httpx.AsyncClient, s
     assert (await project(api, slug))["teardown"] is None
 
 
+async def test_abort_of_a_stalled_project_rolls_it_back(api: httpx.AsyncClient, stack: Stack) -> None:
+    slug = unique_slug("abort")
+    stack.cluster.flux.stall(slug, slug, reason="BuildFailed", message="kustomize build failed")
+    try:
+        assert (await api.post("/projects", json=project_body(slug))).status_code == 202
+        waiting = await wait_for(api, slug, "progress", ProjectStatus.AWAITING_DECISION)
+        assert waiting["progress"]["decision"]["step"] == StepName.AWAIT_READY.value
+        assert waiting["progress"]["decision"]["default_action"] == "abort"
+        assert waiting["record"]["status"] == ProjectStatus.AWAITING_DECISION.value
+
+        aborted = await api.post(f"/projects/{slug}/abort", json={"reason": "wrong overlay"})
+        assert aborted.status_code == 202, aborted.text
+        failed = await wait_for(api, slug, "progress", ProjectStatus.FAILED)
+    finally:
+        stack.cluster.flux.unstall(slug, slug)
+    assert failed["record"]["status"] == ProjectStatus.FAILED.value
+    assert "wrong overlay" in failed["record"]["last_message"]
+    assert not stack.namespace_exists(slug)
+    # Decided already: a second decision is a conflict.
+    again = await api.post(f"/projects/{slug}/retry")
+    assert again.status_code == 409
+
+
 @pytest.mark.parametrize("operation", ["retry", "abort"])
-async def test_retry_and_abort_are_not_implemented_yet(api: httpx.AsyncClient, operation: str) -> None:
-    response = await api.post(f"/projects/some-project/{operation}")
-    assert response.status_code == 501
-    assert response.json()["detail"].startswith(f"{operation} is not supported yet")
+async def test_decisions_need_a_run_awaiting_one(
+    api: httpx.AsyncClient, held_project: str, operation: str
+) -> None:
+    missing = await api.post(f"/projects/never-{uuid.uuid4().hex[:6]}/{operation}")
+    assert missing.status_code == 404
+    assert "has no provisioning run" in missing.json()["detail"]
+
+    assert (await api.post("/projects", json=project_body(held_project))).status_code == 202
+    await wait_for_step(api, held_project, StepName.AWAIT_READY)
+    busy = await api.post(f"/projects/{held_project}/{operation}")
+    assert busy.status_code == 409
+    assert "is not awaiting a decision" in busy.json()["detail"]
 
 
 async def test_a_progress_no_worker_answers_is_503_with_the_reason(

@@ -63,8 +63,10 @@ async def test_create_shows_every_step_and_ends_ready(stack: Stack) -> None:
 
 
 async def test_a_failed_create_exits_non_zero_naming_the_step_and_the_reason(stack: Stack) -> None:
-    failed = await provisioner(stack, "create", unique_slug("cli-broken"), "-t", "no-overlay", "-p", "owner=x")
-    assert failed.code != 0
+    failed = await provisioner(
+        stack, "create", unique_slug("cli-broken"), "-t", "no-overlay", "-p", "owner=x", "--decision-timeout", "0"
+    )
+    assert failed.code == 1
     assert "validate_template failed" in failed.output
     assert "renders no kustomization at 'k8s/overlays/development'" in failed.output
     assert "Traceback" not in failed.output
@@ -75,8 +77,8 @@ async def test_errors_are_one_line_without_a_traceback_unless_debug(stack: Stack
     assert invalid.code != 0 and "slug: must consist of lower case letters" in invalid.output
     assert "Traceback" not in invalid.output
 
-    unsupported = await provisioner(stack, "retry", "anything")
-    assert unsupported.code != 0 and "not supported yet" in unsupported.output
+    no_run = await provisioner(stack, "retry", "never-provisioned")
+    assert no_run.code != 0 and "has no provisioning run" in no_run.output
 
     unreachable = {**os.environ, "TEMPORAL_ADDRESS": "127.0.0.1:1"}
     for debug, traceback_shown in ((), False), (("--debug",), True):

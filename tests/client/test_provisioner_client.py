@@ -10,8 +10,8 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from provisioner.client import InvalidRequest, OperationNotSupported, ProjectConflict, ProvisionerClient
-from provisioner.contracts import ProjectSpec, ProjectStatus
+from provisioner.client import InvalidRequest, NoSuchRun, ProjectConflict, ProvisionerClient
+from provisioner.contracts import FailureAction, OperatorDecision, ProjectSpec, ProjectStatus
 
 
 def spec(slug: str, **overrides: object) -> ProjectSpec:
@@ -74,11 +74,14 @@ async def test_list_finds_runs_by_their_search_attributes(client: ProvisionerCli
         await client.handle(slug).terminate("test cleanup")
 
 
-async def test_retry_and_abort_say_they_are_not_supported_yet(client: ProvisionerClient) -> None:
-    with pytest.raises(OperationNotSupported):
-        await client.retry("anything")
-    with pytest.raises(OperationNotSupported):
-        await client.abort("anything")
+async def test_a_decision_needs_a_run_awaiting_one(client: ProvisionerClient) -> None:
+    with pytest.raises(NoSuchRun, match="has no provisioning run"):
+        await client.decide(f"never-{uuid.uuid4().hex[:6]}", OperatorDecision(FailureAction.RETRY))
+    slug = f"ended-{uuid.uuid4().hex[:6]}"
+    await client.start(spec(slug))
+    await client.handle(slug).terminate("test: the run has ended")
+    with pytest.raises(ProjectConflict, match="its last run has ended"):
+        await client.decide(slug, OperatorDecision(FailureAction.ABORT))
 
 
 async def test_watching_a_terminated_run_ends(client: ProvisionerClient, local_env: WorkflowEnvironment) -> None:

@@ -11,8 +11,20 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
 from activities.records import get_project
-from provisioner.contracts import PROVISIONING_STEPS, ErrorType, ProjectStatus, StepName, StepState
+from provisioner.contracts import (
+    PROVISIONING_STEPS,
+    ErrorType,
+    FailureAction,
+    FailurePolicy,
+    ProjectStatus,
+    StepName,
+    StepState,
+)
 from tests.stack import Stack, git, spec_for, unique_slug
+
+# A failure that should end the run at once rather than wait for an operator (tests/e2e/test_operator_decisions.py).
+DECIDE_AT_ONCE = FailurePolicy(decision_timeout=timedelta(0))
+LEAVE_AT_ONCE = FailurePolicy(decision_timeout=timedelta(0), default_action=FailureAction.LEAVE)
 
 
 async def test_provisions_a_project_end_to_end(stack: Stack, tmp_path: Path) -> None:
@@ -78,7 +90,7 @@ async def test_provisioning_the_same_project_twice_creates_nothing_new(stack: St
 
 async def test_a_template_without_the_kustomize_path_fails_before_anything_is_created(stack: Stack) -> None:
     slug = unique_slug("broken")
-    handle = await stack.provisioner.start(spec_for(slug, template="no-overlay"))
+    handle = await stack.provisioner.start(spec_for(slug, template="no-overlay", on_failure=DECIDE_AT_ONCE))
     with pytest.raises(WorkflowFailureError) as raised:
         await handle.result()
     cause = raised.value.cause
@@ -110,7 +122,8 @@ async def test_stalled_flux_fails_the_run_at_once_with_the_reason(stack: Stack) 
     slug = unique_slug("stalled")
     stack.cluster.flux.stall(slug, slug, reason="InvalidCELExpression", message="healthCheckExprs is invalid")
     try:
-        handle = await stack.provisioner.start(spec_for(slug, ready_timeout=timedelta(minutes=5)))
+        spec = spec_for(slug, ready_timeout=timedelta(minutes=5), on_failure=LEAVE_AT_ONCE)
+        handle = await stack.provisioner.start(spec)
         with pytest.raises(WorkflowFailureError) as raised:
             await handle.result()
     finally:

@@ -13,7 +13,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from provisioner.client import ProvisionerClient
-from provisioner.contracts import ErrorType, ProjectStatus, StepName, StepState
+from provisioner.contracts import ErrorType, FailurePolicy, ProjectStatus, StepName, StepState
 from provisioner.stack import free_port
 from provisioner.telemetry import (
     AWAITING_READY,
@@ -100,7 +100,8 @@ async def test_a_failed_step_is_counted_by_step_and_error_type(metered: MeteredW
     labels = {"step": StepName.VALIDATE_TEMPLATE.value, "error_type": ErrorType.KUSTOMIZE_PATH_MISSING.value}
     before = await metered.metrics.value(STEP_FAILURES, **labels) or 0
 
-    handle = await metered.provisioner.start(spec_for(unique_slug("broken"), template="no-overlay"))
+    spec = spec_for(unique_slug("broken"), template="no-overlay", on_failure=FailurePolicy(timedelta(0)))
+    handle = await metered.provisioner.start(spec)
     with pytest.raises(WorkflowFailureError):
         await handle.result()
 

@@ -18,9 +18,12 @@ from temporalio.worker import Worker
 
 from provisioner.contracts import (
     PROVISIONING_STEPS,
+    DeletionReport,
     ErrorType,
     FluxApplyRequest,
     FluxApplyResult,
+    FluxDeletionRequest,
+    FluxDeletionResult,
     KubeObjectRef,
     ProjectRecordUpdate,
     ProjectSpec,
@@ -32,6 +35,8 @@ from provisioner.contracts import (
     ReadinessRequest,
     ReadinessState,
     RenderSummary,
+    RepositoryDeletionRequest,
+    RepositoryDeletionResult,
     RepositoryInfo,
     StepName,
     StepState,
@@ -97,6 +102,22 @@ class StubSystems:
         self.readiness_polls += 1
         return self.readiness(self.readiness_polls)
 
+    # What the rollback of an aborted run calls
+    @activity.defn(name="delete_flux_resources")
+    async def delete_flux_resources(self, request: FluxDeletionRequest) -> FluxDeletionResult:
+        self._enter("delete_flux_resources")
+        return FluxDeletionResult(requested=[f"Namespace/{request.namespace}"], absent=[])
+
+    @activity.defn(name="check_flux_deletion")
+    async def check_flux_deletion(self, request: FluxDeletionRequest) -> DeletionReport:
+        self._enter("check_flux_deletion")
+        return DeletionReport()
+
+    @activity.defn(name="delete_repository")
+    async def delete_repository(self, request: RepositoryDeletionRequest) -> RepositoryDeletionResult:
+        self._enter("delete_repository")
+        return RepositoryDeletionResult(request.slug, True)
+
     def all(self) -> list[Callable[..., Any]]:
         return [
             self.validate_template,
@@ -105,6 +126,9 @@ class StubSystems:
             self.upsert_project_record,
             self.apply_flux_resources,
             self.check_flux_readiness,
+            self.delete_flux_resources,
+            self.check_flux_deletion,
+            self.delete_repository,
         ]
 
 
@@ -136,7 +160,10 @@ async def start(
 
 
 async def run_to_failure(env: WorkflowEnvironment, task_queue: str, spec: ProjectSpec) -> ApplicationError:
-    handle = await start(env, task_queue, spec)
+    return await failure_of(await start(env, task_queue, spec))
+
+
+async def failure_of(handle: WorkflowHandle[ProjectInitWorkflow, ProvisioningResult]) -> ApplicationError:
     with pytest.raises(WorkflowFailureError) as raised:
         await handle.result()
     cause = raised.value.cause

@@ -1,0 +1,211 @@
+"""A step that fails for good makes ProjectInitWorkflow wait for an operator: retry resumes at the failed step, abort
+rolls the completed steps back in reverse order, and no decision within the bound applies the policy's default.
+
+Runs on the time-skipping test server with the stub systems of test_project_init.py: the bound (hours) passes in
+moments while the test waits for the result, and in real time while it polls the progress query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from provisioner.contracts import (
+    ErrorType,
+    FailureAction,
+    FailurePolicy,
+    OperatorDecision,
+    Progress,
+    ProjectStatus,
+    ProvisioningResult,
+    ReadinessReport,
+    ReadinessState,
+    StepName,
+    StepState,
+)
+from tests.workflows.test_project_init import (
+    PROGRESSING,
+    READY,
+    StubSystems,
+    failure_of,
+    make_spec,
+    run_to_failure,
+    start,
+    stubs,
+)
+from workflows.project_init import NOT_AWAITING_DECISION, ProjectInitWorkflow
+
+__all__ = ["stubs"]  # the fixture, shared with test_project_init.py
+
+ProvisioningHandle = WorkflowHandle[ProjectInitWorkflow, ProvisioningResult]
+REJECTED = ApplicationError(
+    "the cluster refused: namespace quota exceeded", type=ErrorType.CLUSTER_REJECTED.value, non_retryable=True
+)
+WAIT = FailurePolicy(decision_timeout=timedelta(hours=4))
+
+
+async def awaiting_decision(handle: ProvisioningHandle) -> Progress:
+    async def poll() -> Progress:
+        while True:
+            progress = await handle.query(ProjectInitWorkflow.progress)
+            if progress.status is ProjectStatus.AWAITING_DECISION:
+                return progress
+            await asyncio.sleep(0.05)
+
+    return await asyncio.wait_for(poll(), timeout=30)
+
+
+def steps_of(progress: Progress) -> dict[StepName, StepState]:
+    return {step.name: step.state for step in progress.steps}
+
+
+async def test_the_progress_query_shows_the_failure_and_the_pending_decision(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    systems, task_queue = stubs
+    systems.failures["apply_flux_resources"] = [REJECTED]
+    handle = await start(time_skipping_env, task_queue, make_spec(on_failure=WAIT))
+
+    progress = await awaiting_decision(handle)
+
+    assert progress.decision is not None
+    assert progress.decision.step is StepName.APPLY_FLUX_RESOURCES
+    assert progress.decision.error_type == ErrorType.CLUSTER_REJECTED.value
+    assert progress.decision.default_action is FailureAction.ABORT
+    assert "namespace quota exceeded" in progress.message and "awaiting an operator's decision" in progress.message
+    assert steps_of(progress)[StepName.APPLY_FLUX_RESOURCES] is StepState.FAILED
+    # The record says so too: it exists (the repository does), so it mirrors the wait.
+    assert systems.records[-1].status is ProjectStatus.AWAITING_DECISION
+    description = await handle.describe()
+    assert description.status is not None and description.status.name == "RUNNING"
+    await handle.terminate("test over")
+
+
+async def test_retry_resumes_at_the_failed_step(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    systems, task_queue = stubs
+    systems.failures["apply_flux_resources"] = [REJECTED]
+    handle = await start(time_skipping_env, task_queue, make_spec(on_failure=WAIT))
+    await awaiting_decision(handle)
+
+    answer = await handle.execute_update(
+        ProjectInitWorkflow.decide, OperatorDecision(FailureAction.RETRY, "quota raised")
+    )
+    result = await handle.result()
+
+    assert "retry accepted" in answer
+    assert result.status is ProjectStatus.READY and result.progress.percent == 100
+    assert result.progress.decision is None
+    # The steps before the failed one ran once; the failed one twice.
+    for done in ("validate_template", "create_repository", "push_template"):
+        assert systems.calls.count(done) == 1
+    assert systems.calls.count("apply_flux_resources") == 2
+    assert [r.status for r in systems.records] == [
+        ProjectStatus.PROVISIONING,
+        ProjectStatus.AWAITING_DECISION,
+        ProjectStatus.READY,
+    ]
+
+
+@pytest.mark.parametrize("delete_repository", [False, True])
+async def test_abort_rolls_back_the_completed_steps_in_reverse_order(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str], delete_repository: bool
+) -> None:
+    systems, task_queue = stubs
+    systems.readiness = lambda poll: ReadinessReport(ReadinessState.FAILED, "InvalidPath", "path is absolute")
+    policy = FailurePolicy(decision_timeout=timedelta(hours=4), delete_repository_on_abort=delete_repository)
+    handle = await start(time_skipping_env, task_queue, make_spec(on_failure=policy))
+    await awaiting_decision(handle)
+    calls_before = len(systems.calls)
+
+    await handle.execute_update(ProjectInitWorkflow.decide, OperatorDecision(FailureAction.ABORT, "wrong path"))
+    failure = await failure_of(handle)
+
+    rollback = systems.calls[calls_before:]
+    expected = ["delete_flux_resources", "check_flux_deletion", "upsert_project_record"]
+    assert rollback == [*expected, "delete_repository"] if delete_repository else expected
+    assert systems.records[-1].status is ProjectStatus.FAILED
+    assert "wrong path" in systems.records[-1].last_message
+    assert failure.type == ErrorType.FLUX_STALLED.value and "aborted" in failure.message
+    progress = await handle.query(ProjectInitWorkflow.progress)
+    states = steps_of(progress)
+    assert progress.status is ProjectStatus.FAILED
+    assert states[StepName.DELETE_FLUX_RESOURCES] is StepState.SUCCEEDED
+    assert states[StepName.AWAIT_DELETION] is StepState.SUCCEEDED
+    assert states[StepName.MARK_FAILED] is StepState.SUCCEEDED
+    assert states[StepName.DELETE_REPOSITORY] is (StepState.SUCCEEDED if delete_repository else StepState.SKIPPED)
+
+
+async def test_abort_before_anything_was_made_rolls_nothing_back(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    systems, task_queue = stubs
+    systems.failures["validate_template"] = [
+        ApplicationError("no such template", type=ErrorType.UNKNOWN_TEMPLATE.value, non_retryable=True)
+    ]
+    handle = await start(time_skipping_env, task_queue, make_spec(on_failure=WAIT))
+    await awaiting_decision(handle)
+    await handle.execute_update(ProjectInitWorkflow.decide, OperatorDecision(FailureAction.ABORT))
+    failure = await failure_of(handle)
+
+    assert failure.type == ErrorType.UNKNOWN_TEMPLATE.value
+    assert systems.calls == ["validate_template"]
+    assert systems.records == []
+
+
+@pytest.mark.parametrize("default_action", [FailureAction.ABORT, FailureAction.LEAVE])
+async def test_no_decision_within_the_bound_applies_the_default(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str], default_action: FailureAction
+) -> None:
+    systems, task_queue = stubs
+    systems.failures["apply_flux_resources"] = [REJECTED]
+    policy = FailurePolicy(decision_timeout=timedelta(hours=6), default_action=default_action)
+    failure = await run_to_failure(time_skipping_env, task_queue, make_spec(on_failure=policy))
+
+    assert failure.type == ErrorType.CLUSTER_REJECTED.value
+    rolled_back = "delete_flux_resources" in systems.calls
+    assert rolled_back is (default_action is FailureAction.ABORT)
+    assert systems.records[-1].status is ProjectStatus.FAILED
+    assert "delete_repository" not in systems.calls  # the default policy keeps the repository
+
+
+async def test_a_zero_bound_applies_the_default_at_once(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    systems, task_queue = stubs
+    systems.failures["apply_flux_resources"] = [REJECTED]
+    policy = FailurePolicy(decision_timeout=timedelta(0), default_action=FailureAction.LEAVE)
+    handle = await start(time_skipping_env, task_queue, make_spec(on_failure=policy))
+    failure = await failure_of(handle)
+
+    assert failure.type == ErrorType.CLUSTER_REJECTED.value
+    statuses = [r.status for r in systems.records]
+    assert ProjectStatus.AWAITING_DECISION not in statuses and statuses[-1] is ProjectStatus.FAILED
+    events = [event async for event in handle.fetch_history_events()]
+    assert not any(event.HasField("timer_started_event_attributes") for event in events)
+
+
+async def test_a_decision_is_refused_unless_the_run_awaits_one(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    systems, task_queue = stubs
+    released = asyncio.Event()
+    systems.readiness = lambda poll: READY if released.is_set() else PROGRESSING
+    running = await start(time_skipping_env, task_queue, make_spec(on_failure=WAIT))
+
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await running.execute_update(ProjectInitWorkflow.decide, OperatorDecision(FailureAction.ABORT))
+    cause = refused.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == NOT_AWAITING_DECISION
+    assert "is not awaiting a decision" in cause.message
+    # A rejected update leaves no trace in the history, and the run carries on.
+    released.set()
+    assert (await running.result()).status is ProjectStatus.READY
+    events = [event async for event in running.fetch_history_events()]
+    assert not any(event.HasField("workflow_execution_update_accepted_event_attributes") for event in events)
