@@ -86,6 +86,15 @@ def _telemetry_settings(env: Mapping[str, str], defaults: Settings) -> dict[str,
     }
 
 
+def _codec_settings(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
+    """The payload encryption block of `Settings` (provisioner/codec.py)."""
+    origins = env.get("PROVISIONER_CODEC_CORS_ORIGINS", ",".join(defaults.codec_cors_origins))
+    return {
+        "codec_keys": _secret(env, "PROVISIONER_CODEC_KEYS"),
+        "codec_cors_origins": tuple(origin.strip().rstrip("/") for origin in origins.split(",") if origin.strip()),
+    }
+
+
 @dataclass(frozen=True)
 class Settings:
     temporal_address: str = "localhost:7233"
@@ -125,6 +134,10 @@ class Settings:
     metrics_port: int = 0
     metrics_host: str = "0.0.0.0"
     # ---- end of the telemetry block -------------------------------------------------------------------------------
+    # Payload encryption (provisioner/codec.py): `id:base64key,...`, the first is current; empty: payloads in clear.
+    codec_keys: Secret = field(default_factory=lambda: Secret(""))
+    # Browser origins (the Temporal UI) allowed to call the codec endpoint.
+    codec_cors_origins: tuple[str, ...] = ("http://localhost:8233", "http://127.0.0.1:8233")
 
     @property
     def git_repos_dir(self) -> Path:
@@ -160,4 +173,5 @@ class Settings:
             flux_interval=env.get("PROVISIONER_FLUX_INTERVAL", defaults.flux_interval),
             activity_threads=int(env.get("PROVISIONER_ACTIVITY_THREADS", str(defaults.activity_threads))),
             **_telemetry_settings(env, defaults),
+            **_codec_settings(env, defaults),
         )

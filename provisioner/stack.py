@@ -23,7 +23,7 @@ from provisioner.db.engine import migrate
 from provisioner.gitserver import GitHttpServer
 from provisioner.sandbox.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.settings import Settings
-from provisioner.temporal import DATA_CONVERTER
+from provisioner.temporal import data_converter_for
 from worker import run_worker
 
 
@@ -150,7 +150,7 @@ class EmbeddedStack:
                 return await Client.connect(
                     self.settings.temporal_address,
                     namespace=self.settings.temporal_namespace,
-                    data_converter=DATA_CONVERTER,
+                    data_converter=data_converter_for(self.settings),
                 )
             except RuntimeError:
                 if time.monotonic() > deadline:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
+from provisioner.codec import codec_for
 from provisioner.contracts import SEARCH_ATTRIBUTES
 from provisioner.settings import Settings
 
@@ -18,17 +21,34 @@ from provisioner.settings import Settings
 DATA_CONVERTER: DataConverter = pydantic_data_converter
 
 
+def data_converter_for(settings: Settings) -> DataConverter:
+    """DATA_CONVERTER, encrypting payloads when `settings.codec_keys` are configured (provisioner/codec.py).
+
+    With encryption the failures' messages and stack traces move into their encrypted attributes as well: they
+    quote project data too. Clients and workers of one namespace must agree on this.
+    """
+    codec = codec_for(settings)
+    if codec is None:
+        return DATA_CONVERTER
+    return dataclasses.replace(
+        DATA_CONVERTER,
+        payload_codec=codec,
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
 async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     """Connect using Temporal's environment configuration (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, API key...).
 
     The profile file and the TEMPORAL_* variables win; the Settings supply the defaults. `runtime` (e.g. one serving
     metrics, provisioner/telemetry.py) is where the client and every worker built on it record; None: the default.
+    Payloads are encrypted when the Settings configure codec keys (`data_converter_for`).
     """
     profile = ClientConfigProfile.load()
     config = profile.to_client_connect_config()
     config.setdefault("target_host", settings.temporal_address)
     config.setdefault("namespace", settings.temporal_namespace)
-    return await Client.connect(**config, data_converter=DATA_CONVERTER, runtime=runtime)
+    return await Client.connect(**config, data_converter=data_converter_for(settings), runtime=runtime)
 
 
 async def register_search_attributes(client: Client, namespace: str) -> None:

@@ -19,8 +19,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from provisioner.api.auth import INSECURE_ENV, InsecureConfiguration, TokenSet, bearer_auth, insecure_allowed
 from provisioner.api.auth import tokens_from_env as configured_tokens
+from provisioner.api.codec import CODEC_PATH, codec_app
 from provisioner.api.routes import ApiContext, health_router, projects_router
 from provisioner.api.schemas import ErrorResponse, StreamEnd, ValidationErrorResponse, request_field_error
+from provisioner.codec import CodecConfigurationError, codec_for
 from provisioner.settings import Settings
 from provisioner.temporal import connect
 
@@ -63,6 +65,21 @@ def create_app(settings: Settings, *, client: Client | None = None, tokens: froz
         },
     )
     _document_event_stream(app)
+    codec = codec_for(settings)
+    if codec is not None:  # the Temporal UI's and CLI's codec endpoint, behind the same tokens
+        app.mount(CODEC_PATH, codec_app(codec, bearer_auth(token_set), settings.codec_cors_origins))
+    return app
+
+
+def create_codec_app(settings: Settings, *, tokens: frozenset[str] | None = None) -> FastAPI:
+    """Only the codec endpoint (`provisioner codec-server`), at the same path and with the same tokens as the API's.
+    Raises CodecConfigurationError without PROVISIONER_CODEC_KEYS, InsecureConfiguration as `create_app` does."""
+    codec = codec_for(settings)
+    if codec is None:
+        raise CodecConfigurationError("PROVISIONER_CODEC_KEYS is empty: there is nothing to encrypt or decrypt")
+    token_set = _token_set(configured_tokens() if tokens is None else tokens)
+    app = FastAPI(title="provisioner codec server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount(CODEC_PATH, codec_app(codec, bearer_auth(token_set), settings.codec_cors_origins))
     return app
 
 
