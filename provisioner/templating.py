@@ -8,7 +8,11 @@ render again and push exactly what validation saw.
 Security model (tenants choose parameters; operators write templates):
 - parameter values are data handed to the templates, never rendered as templates themselves;
 - templates run in Jinja's immutable sandbox, with no loader (no include/import of other files), strict
-  undefined and without the non-deterministic helpers (`random`, `lipsum`);
+  undefined and without the non-deterministic helpers (`random`, `lipsum`); `*` and `**` are bounded before they
+  compute, so that text repeated by a tenant's number cannot allocate gigabytes before the output limit stops it
+  (methods and filters taking a width, e.g. `center`, are not bounded: declare a `maximum` on integer parameters);
+- the request itself is bounded (provisioner/contracts.py): at most 64 parameters, 4096 characters a value,
+  64 Ki characters of names and values together, integers within +-(2**53 - 1), finite numbers, valid Unicode;
 - rendered paths must stay inside the output tree, symlinks and special files in the template are refused,
   and the rendered output is bounded in file count and size.
 """
@@ -28,6 +32,8 @@ from typing import Any, ClassVar
 
 import yaml
 from jinja2 import StrictUndefined
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from provisioner.contracts import (
@@ -35,11 +41,11 @@ from provisioner.contracts import (
     MAX_PARAMETER_VALUE_LENGTH,
     MAX_PARAMETERS,
     PARAMETER_NAME_PATTERN,
-    TEMPLATE_NAME_PATTERN,
     ErrorType,
     FieldError,
     ParameterValue,
     ProjectSpec,
+    is_template_name,
     validate_spec,
 )
 
@@ -50,6 +56,7 @@ YAML_SUFFIXES = (".yaml", ".yml")
 MAX_MANIFEST_BYTES = 256 * 1024
 MAX_PATH_SEGMENT_LENGTH = 255
 MAX_PATH_LENGTH = 1024
+MAX_POWER_BITS = 64 * 1024  # `a ** b` in a template: far more than any file needs, computed in microseconds
 EXECUTABLE_MODE = 0o100755
 REGULAR_MODE = 0o100644
 
@@ -175,8 +182,9 @@ def list_templates(templates_dir: Path) -> list[TemplateManifest]:
 def load_template(templates_dir: Path, name: str) -> TemplateManifest:
     """Load and check the manifest of template `name`; `UnknownTemplate` if there is no such template."""
     # Only plain directory names: a name is never allowed to address anything outside templates_dir.
-    if not isinstance(name, str) or not TEMPLATE_NAME_PATTERN.fullmatch(name):
-        raise UnknownTemplate(f"unknown template {name!r}", [FieldError("template", "is not a template name")])
+    if not is_template_name(name):
+        shown = name[:80] + "..." if isinstance(name, str) and len(name) > 80 else name
+        raise UnknownTemplate(f"unknown template {shown!r}", [FieldError("template", "is not a template name")])
     directory = templates_dir / name
     manifest_path = directory / MANIFEST_FILE_NAME
     if not _is_real_directory(directory) or not manifest_path.exists():
@@ -518,9 +526,41 @@ def _normalize_kustomize_path(path: str) -> str | None:
 # ---- Rendering ---------------------------------------------------------------------------------------------
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox with `*` and `**` checked before they compute: `'-' * params.width` may not build
+    more than the render's byte budget, and `10 ** params.n` may not spin the CPU."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, max_repeat: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.max_repeat = max_repeat
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for sequence, count in ((left, right), (right, left)):
+                repeated = isinstance(sequence, str | bytes | list | tuple) and isinstance(count, int)
+                if repeated and len(sequence) * count > self.max_repeat:
+                    raise SecurityError(
+                        f"repeating {len(sequence)} items {count} times exceeds {self.max_repeat}: refused"
+                    )
+        elif operator == "**" and _power_bits(left, right) > MAX_POWER_BITS:
+            raise SecurityError(f"a power of more than {MAX_POWER_BITS} bits: refused")
+        return super().call_binop(context, operator, left, right)
+
+
+def _power_bits(base: object, exponent: object) -> int:
+    """About how many bits `base ** exponent` takes (0 unless both are integers and it grows)."""
+    if not (isinstance(base, int) and isinstance(exponent, int)) or exponent <= 0 or abs(base) <= 1:
+        return 0
+    return abs(base).bit_length() * exponent
+
+
+def _environment(limits: RenderLimits) -> ImmutableSandboxedEnvironment:
     """A fresh sandbox per render: nothing is shared between threads or tenants."""
-    environment = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    environment = _BoundedSandbox(
+        limits.max_total_bytes, undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
     # Rendering must be deterministic: the same request renders the same tree (and digest) on every worker.
     environment.globals.pop("lipsum", None)
     environment.filters.pop("random", None)
@@ -579,17 +619,18 @@ class _Renderer:
                 if produced > budget:
                     return None
                 chunks.append(chunk)
+            # Inside the try: template code can produce text UTF-8 cannot encode (e.g. a lone surrogate).
+            return "".join(chunks).encode("utf-8")
         except Exception as error:
             raise TemplateRenderFailed(
                 f"template {self.template!r}: cannot render {source.name!r}: {_describe(error)}"
             ) from None
-        return "".join(chunks).encode("utf-8")
 
 
 def _render_files(
     manifest: TemplateManifest, context: dict[str, Any], limits: RenderLimits
 ) -> tuple[dict[str, bytes], frozenset[str]]:
-    renderer = _Renderer(manifest.name, _environment(), context)
+    renderer = _Renderer(manifest.name, _environment(limits), context)
     sources = _collect_sources(manifest, limits)  # every source is checked before anything renders
     rendered: dict[str, bytes] = {}
     executable: set[str] = set()
@@ -651,6 +692,8 @@ def _path_problem(path: str) -> str | None:
         return f"is longer than {MAX_PATH_LENGTH} characters"
     if "\\" in path or any(ord(char) < 0x20 or ord(char) == 0x7F for char in path):
         return "contains a backslash or a control character"
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in path):
+        return "is not valid Unicode (it holds a lone surrogate)"
     if path.startswith("/"):
         return "is absolute"
     for segment in path.split("/"):
@@ -805,7 +848,5 @@ def _template_names(templates_dir: Path) -> list[str]:
     return sorted(
         entry.name
         for entry in templates_dir.iterdir()
-        if TEMPLATE_NAME_PATTERN.fullmatch(entry.name)
-        and _is_real_directory(entry)
-        and (entry / MANIFEST_FILE_NAME).exists()
+        if is_template_name(entry.name) and _is_real_directory(entry) and (entry / MANIFEST_FILE_NAME).exists()
     )

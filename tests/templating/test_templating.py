@@ -34,6 +34,8 @@ SHIPPED_TEMPLATES = PROJECT_ROOT / "templates"
 @pytest.fixture(scope="module")
 def broken_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return catalogue_with_broken_template(tmp_path_factory.mktemp("catalogue"))
+
+
 MINIMAL_KUSTOMIZATION = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: []\n"
 
 
@@ -350,6 +352,9 @@ SSTI_PAYLOADS = [
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",
     "{% for x in range(3) %}boom{% endfor %}",
     "{{ 7 * 7 }}",
+    "{{ config }}",
+    "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+    "{% raw %}{{ x }}{% endraw %}{# comment #}",
 ]
 
 
@@ -395,6 +400,14 @@ def test_display_name_with_yaml_and_template_syntax_stays_literal_in_the_shipped
         ("{{ [1, 2] | random }}", "No filter named 'random'"),
         ("{{ lipsum() }}", "UndefinedError"),
         ("{% if %}", "TemplateSyntaxError"),
+        ("{{ cycler.__init__.__globals__ }}", "SecurityError"),
+        ("{{ joiner.__init__.__globals__ }}", "SecurityError"),
+        ("{{ namespace.__init__.__globals__ }}", "SecurityError"),
+        ("{{ config }}", "UndefinedError"),
+        ("{{ range(1000000) | list }}", "OverflowError"),
+        ("{{ '-' * 100000000 }}", "SecurityError: repeating 1 items 100000000 times exceeds 8388608"),
+        ("{{ [0] * 100000000 }}", "SecurityError: repeating 1 items 100000000 times exceeds 8388608"),
+        ("{{ 10 ** 10000000 }}", "SecurityError: a power of more than 65536 bits"),
     ],
 )
 def test_template_code_runs_in_a_strict_sandbox(tmp_path: Path, content: str, reason: str) -> None:
