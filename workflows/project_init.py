@@ -23,6 +23,8 @@ from workflows.cleanup import CLEANUP_POLICIES, delete_cluster_resources, delete
 from workflows.steps import PollSchedule, StepFailed, StepPolicy, StepRunner, describe_failure, step_policy
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
     from provisioner.contracts import (
         DEFAULT_DELETION_TIMEOUT,
         PROVISIONING_STEPS,
@@ -80,7 +82,8 @@ READY_POLL_MAXIMUM_INTERVAL = timedelta(seconds=10)
 READY_POLL_BACKOFF = 1.5
 
 
-@workflow.defn(name="ProjectInitWorkflow")
+# An input the spec cannot be built from fails the run at once instead of retrying its first task for ever.
+@workflow.defn(name="ProjectInitWorkflow", failure_exception_types=[ValidationError])
 class ProjectInitWorkflow:
     @workflow.init
     def __init__(self, spec: ProjectSpec) -> None:

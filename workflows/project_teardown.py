@@ -19,6 +19,8 @@ from workflows.cleanup import CLEANUP_POLICIES, delete_cluster_resources, delete
 from workflows.steps import StepFailed, StepPolicy, StepRunner, describe_failure, step_policy
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
     from provisioner.contracts import (
         TEARDOWN_STEPS,
         ErrorType,
@@ -46,7 +48,8 @@ BUSY_CHECK_POLICY = step_policy(timedelta(seconds=10), 5, timedelta(seconds=5))
 RUNNING = "RUNNING"  # temporalio.client.WorkflowExecutionStatus.RUNNING.name
 
 
-@workflow.defn(name="ProjectTeardownWorkflow")
+# An input the spec cannot be built from fails the run at once instead of retrying its first task for ever.
+@workflow.defn(name="ProjectTeardownWorkflow", failure_exception_types=[ValidationError])
 class ProjectTeardownWorkflow:
     @workflow.init
     def __init__(self, spec: TeardownSpec) -> None:

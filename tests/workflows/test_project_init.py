@@ -339,3 +339,22 @@ async def test_a_step_that_keeps_failing_fails_the_run_and_the_record(
     assert systems.calls.count("apply_flux_resources") == 12
     assert systems.records[-1].status is ProjectStatus.FAILED
     assert "check_flux_readiness" not in systems.calls
+
+
+async def test_an_input_no_spec_can_be_built_from_fails_the_run_at_once(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    """A start that bypasses the client with malformed data (here a list as a parameter value) must not leave a run
+    retrying its first workflow task for ever."""
+    systems, task_queue = stubs
+    slug = f"proj-{uuid.uuid4().hex[:8]}"
+    malformed = {"slug": slug, "display_name": "x", "template": "web-service", "parameters": {"owner": ["a", "b"]}}
+    handle = await time_skipping_env.client.start_workflow(
+        "ProjectInitWorkflow", malformed, id=f"project-init-{slug}", task_queue=task_queue
+    )
+    with pytest.raises(WorkflowFailureError) as raised:
+        await asyncio.wait_for(handle.result(), timeout=30)
+    cause = raised.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ValidationError"
+    assert "parameters.owner" in cause.message
+    assert systems.calls == []
