@@ -6,11 +6,11 @@ dataclasses, never ORM objects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, or_, select, true
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
@@ -38,7 +38,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
 # The optional fields of a `ProjectRecordUpdate`: an empty value means "unknown", never "clear it".
-_OPTIONAL_FIELDS = tuple(f.name for f in fields(ProjectRecordUpdate) if f.name not in ("slug", "status"))
+_OPTIONAL_FIELDS = tuple(f.name for f in fields(ProjectRecordUpdate) if f.name not in ("slug", "status", "written_at"))
 _SUMMARY_COLUMNS = (Project.slug, Project.status, Project.updated_at, Project.ready_at)
 
 
@@ -50,6 +50,7 @@ class ProjectRecordSummary:
     status: ProjectStatus
     updated_at: datetime
     ready_at: datetime | None = None
+    applied: bool = True  # False: the write was stale (older than the stored one) and changed nothing
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,9 @@ class RecordActivities:
         return summary
 
     def _log(self, summary: ProjectRecordSummary) -> None:
+        if not summary.applied:
+            activity.logger.info("Skipped a stale write to project record %s: it is %s", summary.slug, summary.status)
+            return
         activity.logger.info(
             "Project record %s is %s (database host %s)",
             summary.slug,
@@ -126,12 +130,12 @@ def upsert_project(engine: Engine, update: ProjectRecordUpdate, *, now: datetime
     statement = _upsert_statement(engine.dialect.name, update, status, timestamp)
     try:
         with engine.begin() as connection:
-            row = connection.execute(statement).one()
+            row = connection.execute(statement).one_or_none()
+            if row is None:  # the conflict's WHERE found the stored write newer
+                return _stale(connection.execute(_current(update.slug)).one())
     except (IntegrityError, DataError) as error:
         raise _invalid_record(update.slug, _database_reason(error)) from error
-    return ProjectRecordSummary(
-        slug=row.slug, status=ProjectStatus(row.status), updated_at=row.updated_at, ready_at=row.ready_at
-    )
+    return _summary(row)
 
 
 def update_project(
@@ -144,17 +148,44 @@ def update_project(
     values.update(status=status.value, updated_at=timestamp)
     if status is ProjectStatus.READY:
         values["ready_at"] = func.coalesce(Project.ready_at, timestamp)
-    statement = sql_update(Project).where(Project.slug == update.slug).values(values).returning(*_SUMMARY_COLUMNS)
+    if update.written_at is not None:
+        values["status_written_at"] = update.written_at
+    statement = (
+        sql_update(Project)
+        .where(Project.slug == update.slug, _not_newer_than(update.written_at))
+        .values(values)
+        .returning(*_SUMMARY_COLUMNS)
+    )
     try:
         with engine.begin() as connection:
             row = connection.execute(statement).one_or_none()
+            if row is None:
+                current = connection.execute(_current(update.slug)).one_or_none()
+                return None if current is None else _stale(current)
     except (IntegrityError, DataError) as error:
         raise _invalid_record(update.slug, _database_reason(error)) from error
-    if row is None:
-        return None
+    return _summary(row)
+
+
+def _not_newer_than(written_at: datetime | None) -> ColumnElement[bool]:
+    """The stored write is not newer than one made at `written_at` (unordered writes always apply)."""
+    if written_at is None:
+        return true()
+    return or_(Project.status_written_at.is_(None), Project.status_written_at <= written_at)
+
+
+def _current(slug: str) -> Any:
+    return select(*_SUMMARY_COLUMNS).where(Project.slug == slug)
+
+
+def _summary(row: Any) -> ProjectRecordSummary:
     return ProjectRecordSummary(
         slug=row.slug, status=ProjectStatus(row.status), updated_at=row.updated_at, ready_at=row.ready_at
     )
+
+
+def _stale(row: Any) -> ProjectRecordSummary:
+    return replace(_summary(row), applied=False)
 
 
 def get_project(database_url: str, slug: str) -> ProjectView | None:
@@ -184,11 +215,7 @@ def list_projects(
 def _checked_update(update: ProjectRecordUpdate) -> ProjectStatus:
     """Reject, before touching the database, what no retry could ever store."""
     slug = update.slug
-    if not (
-        isinstance(slug, str)
-        and SLUG_MIN_LENGTH <= len(slug) <= SLUG_MAX_LENGTH
-        and SLUG_PATTERN.fullmatch(slug)
-    ):
+    if not (isinstance(slug, str) and SLUG_MIN_LENGTH <= len(slug) <= SLUG_MAX_LENGTH and SLUG_PATTERN.fullmatch(slug)):
         raise _invalid_record(str(slug)[:SLUG_MAX_LENGTH], "the slug is not a valid project slug")
     try:
         status = ProjectStatus(update.status)
@@ -213,16 +240,21 @@ def _upsert_statement(dialect: str, update: ProjectRecordUpdate, status: Project
         "created_at": now,
         "updated_at": now,
         "ready_at": now if status is ProjectStatus.READY else None,
+        "status_written_at": update.written_at,
     }
     if dialect == "postgresql":
         pg_statement = postgresql.insert(Project).values(values)
         return pg_statement.on_conflict_do_update(
-            index_elements=[Project.slug], set_=_conflict_changes(pg_statement.excluded, provided)
+            index_elements=[Project.slug],
+            set_=_conflict_changes(pg_statement.excluded, provided),
+            where=_fresher(pg_statement.excluded),
         ).returning(*_SUMMARY_COLUMNS)
     if dialect == "sqlite":
         sqlite_statement = sqlite.insert(Project).values(values)
         return sqlite_statement.on_conflict_do_update(
-            index_elements=[Project.slug], set_=_conflict_changes(sqlite_statement.excluded, provided)
+            index_elements=[Project.slug],
+            set_=_conflict_changes(sqlite_statement.excluded, provided),
+            where=_fresher(sqlite_statement.excluded),
         ).returning(*_SUMMARY_COLUMNS)
     raise ValueError(f"unsupported database dialect {dialect!r}")
 
@@ -237,7 +269,14 @@ def _conflict_changes(
     changes: dict[str, ColumnElement[Any]] = {name: excluded[name] for name in ("status", "updated_at", *provided)}
     # The first ready time wins: keep the stored one, else take this update's (NULL unless it is ready).
     changes["ready_at"] = func.coalesce(Project.ready_at, excluded["ready_at"])
+    changes["status_written_at"] = func.coalesce(excluded["status_written_at"], Project.status_written_at)
     return changes
+
+
+def _fresher(excluded: ReadOnlyColumnCollection[str, KeyedColumnElement[Any]]) -> ColumnElement[bool]:
+    """The conflict's WHERE: apply unless the stored write is newer than this one."""
+    incoming = excluded["status_written_at"]
+    return or_(incoming.is_(None), Project.status_written_at.is_(None), Project.status_written_at <= incoming)
 
 
 def _view(project: Project) -> ProjectView:

@@ -413,6 +413,9 @@ class ProjectRecordUpdate:
     repo_url: str | None = None
     commit_sha: str | None = None
     last_message: str = ""
+    # When the workflow decided this write (workflow time). A write older than the stored one is stale (e.g. a
+    # timed-out attempt landing after its retry and later steps) and changes nothing. None: always applies.
+    written_at: datetime | None = None
 
 
 @dataclass

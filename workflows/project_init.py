@@ -213,7 +213,7 @@ class ProjectInitWorkflow:
         await steps.run(
             StepName.FINALIZE_RECORD,
             UPSERT_PROJECT_RECORD,
-            ProjectRecordUpdate(slug=spec.slug, status=status, last_message=message),
+            ProjectRecordUpdate(slug=spec.slug, status=status, last_message=message, written_at=workflow.now()),
             object,
             lambda _: f"record {spec.slug} marked {status.value}",
         )
@@ -371,6 +371,7 @@ class ProjectInitWorkflow:
             repo_url=self._repository.clone_url if self._repository else None,
             commit_sha=self._pushed.commit_sha if self._pushed else None,
             last_message=message,
+            written_at=workflow.now(),
         )
 
 

@@ -87,6 +87,7 @@ class ProjectTeardownWorkflow:
                 status=ProjectStatus.DELETING,
                 workflow_id=workflow.info().workflow_id,
                 last_message="teardown started: deleting the cluster resources",
+                written_at=workflow.now(),
             ),
             object,
             lambda r: f"record {slug} marked deleting" if r is not None else "no record: nothing to mark",
@@ -107,7 +108,9 @@ class ProjectTeardownWorkflow:
         await steps.run(
             StepName.MARK_DELETED,
             MARK_PROJECT_RECORD,
-            ProjectRecordUpdate(slug=slug, status=ProjectStatus.DELETED, last_message=message),
+            ProjectRecordUpdate(
+                slug=slug, status=ProjectStatus.DELETED, last_message=message, written_at=workflow.now()
+            ),
             object,
             lambda r: f"record {slug} marked deleted" if r is not None else "no record: nothing to mark",
         )
@@ -153,7 +156,10 @@ class ProjectTeardownWorkflow:
         if not self._record_exists:
             return
         update = ProjectRecordUpdate(
-            slug=spec.slug, status=ProjectStatus.FAILED, last_message=f"teardown failed: {steps.message}"
+            slug=spec.slug,
+            status=ProjectStatus.FAILED,
+            last_message=f"teardown failed: {steps.message}",
+            written_at=workflow.now(),
         )
         try:
             await steps.run_once(
@@ -163,4 +169,3 @@ class ProjectTeardownWorkflow:
             if is_cancelled_exception(error):
                 raise
             workflow.logger.warning("could not record the failed teardown of %s: %s", spec.slug, error)
-

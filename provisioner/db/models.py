@@ -87,6 +87,8 @@ class Project(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
     # When the project first became ready; never moved afterwards.
     ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The `written_at` (workflow time) of the write that set the status: older writes are stale and skipped.
+    status_written_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     def __repr__(self) -> str:
         return f"Project(slug={self.slug!r}, status={self.status!r})"

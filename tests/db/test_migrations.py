@@ -14,14 +14,12 @@ from sqlalchemy import Column, Engine, MetaData, String, inspect, text
 from provisioner.db import Base, engine_for, migrate
 from provisioner.db.engine import ALEMBIC_INI
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 
 def schema_differences(engine: Engine, metadata: MetaData) -> list[object]:
     with engine.connect() as connection:
-        context = MigrationContext.configure(
-            connection, opts={"compare_type": True, "compare_server_default": True}
-        )
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
         return list(compare_metadata(context, metadata))
 
 
@@ -99,3 +97,27 @@ def test_migrate_does_not_depend_on_the_working_directory(
     migrate(sqlite_url)
     assert ALEMBIC_INI.is_file()
     assert "projects" in inspect(engine_for(sqlite_url)).get_table_names()
+
+
+def test_upgrading_a_0001_database_keeps_its_records(fresh_postgres_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    engine = engine_for(fresh_postgres_url)
+    config = Config(str(ALEMBIC_INI))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(
+            text(
+                "INSERT INTO projects (slug, display_name, template, environment, namespace, status) "
+                "VALUES ('billing-api', 'Billing API', 'web-service', 'development', 'billing-api', 'ready')"
+            )
+        )
+
+    migrate(fresh_postgres_url)
+
+    assert current_revision(engine) == HEAD_REVISION
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT slug, status, status_written_at FROM projects")).all()
+    assert [tuple(row) for row in rows] == [("billing-api", "ready", None)]

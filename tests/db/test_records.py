@@ -20,6 +20,7 @@ from activities.records import (
     RecordActivities,
     get_project,
     list_projects,
+    update_project,
     upsert_project,
 )
 from provisioner.contracts import ErrorType, ProjectRecordUpdate, ProjectStatus
@@ -306,3 +307,66 @@ def test_concurrent_sqlite_activities_end_in_one_row(sqlite_url: str) -> None:
 
     assert len(summaries) == 6
     assert row_count(sqlite_url, "billing-api") == 1
+
+
+# ---- Ordered writes: a late, stale attempt changes nothing ----------------------------------------------------
+
+
+@pytest.mark.parametrize("database", ["postgres_url", "sqlite_url"])
+def test_a_write_decided_earlier_than_the_stored_one_is_skipped(database: str, request: pytest.FixtureRequest) -> None:
+    """A timed-out attempt landing after its retry and the final write must not move the status back."""
+    database_url: str = request.getfixturevalue(database)
+    migrate(database_url)
+    engine = engine_for(database_url)
+    decided = T0 - timedelta(minutes=5)
+    provisioning = replace(persist_update(), written_at=decided)
+    upsert_project(engine, provisioning, now=T0)
+    upsert_project(
+        engine, replace(finalize_update(ProjectStatus.READY, "Ready"), written_at=decided + timedelta(1)), now=T0
+    )
+
+    late = upsert_project(engine, replace(provisioning, commit_sha="b" * 40), now=T0 + timedelta(minutes=1))
+
+    assert late.applied is False
+    assert late.status is ProjectStatus.READY
+    project = get_project(database_url, "billing-api")
+    assert project is not None
+    assert (project.status, project.last_message, project.commit_sha) == (ProjectStatus.READY, "Ready", "a" * 40)
+    assert project.updated_at == T0
+
+
+@pytest.mark.parametrize("database", ["postgres_url", "sqlite_url"])
+def test_writes_decided_at_the_same_time_or_later_apply(database: str, request: pytest.FixtureRequest) -> None:
+    database_url: str = request.getfixturevalue(database)
+    migrate(database_url)
+    engine = engine_for(database_url)
+    upsert_project(engine, replace(persist_update(), written_at=T0), now=T0)
+
+    retried = upsert_project(engine, replace(persist_update(), written_at=T0, last_message="again"), now=T0)
+    later = upsert_project(
+        engine, replace(finalize_update(ProjectStatus.NOT_READY, "not ready"), written_at=T0 + timedelta(1)), now=T0
+    )
+    unordered = upsert_project(engine, finalize_update(ProjectStatus.READY, "Ready"), now=T0)
+
+    assert (retried.applied, later.applied, unordered.applied) == (True, True, True)
+    project = get_project(database_url, "billing-api")
+    assert project is not None
+    assert (project.status, project.last_message) == (ProjectStatus.READY, "Ready")
+    # An unordered write keeps the stored order, so a later stale write is still recognised.
+    stale = upsert_project(engine, replace(finalize_update(ProjectStatus.FAILED, "x"), written_at=T0), now=T0)
+    assert stale.applied is False
+
+
+def test_a_stale_update_of_an_existing_record_is_skipped(postgres_url: str) -> None:
+    engine = engine_for(postgres_url)
+    upsert_project(engine, replace(persist_update(), written_at=T0), now=T0)
+    deleted = ProjectRecordUpdate(slug="billing-api", status=ProjectStatus.DELETED, last_message="gone")
+    update_project(engine, replace(deleted, written_at=T0 + timedelta(2)), now=T0)
+
+    deleting = ProjectRecordUpdate(slug="billing-api", status=ProjectStatus.DELETING, last_message="deleting")
+    late = update_project(engine, replace(deleting, written_at=T0 + timedelta(1)), now=T0)
+
+    assert late is not None and late.applied is False and late.status is ProjectStatus.DELETED
+    assert update_project(engine, replace(deleting, slug="unknown", written_at=T0), now=T0) is None
+    project = get_project(postgres_url, "billing-api")
+    assert project is not None and project.status is ProjectStatus.DELETED
