@@ -4,6 +4,7 @@ database. Fixtures are module-scoped: each test module gets its own stack."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -60,6 +61,19 @@ class Stack:
         found = kube.CustomObjectsApi(self.api).get_namespaced_custom_object(group, version, slug, plural, slug)
         assert isinstance(found, dict)
         return found
+
+    async def unstall(self, slug: str) -> None:
+        """Fix a stalled project, and wait until its Kustomization no longer reports Stalled=True.
+
+        The simulator reconciles asynchronously: a retry sent before that would still see the stall.
+        """
+        self.cluster.flux.unstall(slug, slug)
+        for _ in range(300):
+            conditions = self.flux_object("Kustomization", slug).get("status", {}).get("conditions", [])
+            if not any(c.get("type") == "Stalled" and c.get("status") == "True" for c in conditions):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{slug} still reports Stalled=True after unstall")
 
     def resource_versions(self, slug: str) -> dict[str, str]:
         namespace = kube.CoreV1Api(self.api).read_namespace(slug)

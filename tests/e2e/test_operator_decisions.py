@@ -44,7 +44,7 @@ async def test_retry_after_the_cause_is_fixed_finishes_ready(stack: Stack) -> No
     record = get_project(stack.settings.effective_database_url, slug)
     assert record is not None and record.status == ProjectStatus.AWAITING_DECISION.value
 
-    stack.cluster.flux.unstall(slug, slug)
+    await stack.unstall(slug)
     answer = await stack.provisioner.decide(slug, OperatorDecision(FailureAction.RETRY, "fixed the overlay"))
     result = await stack.provisioner.wait(slug)
 
