@@ -19,6 +19,7 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.flux import FluxActivities
 from activities.git import GitActivities
@@ -36,6 +37,12 @@ from workflows.project_teardown import ProjectTeardownWorkflow
 log = logging.getLogger("provisioner.worker")
 
 WORKFLOWS: Sequence[type] = [ProjectInitWorkflow, ProjectTeardownWorkflow]
+# The sandbox re-imports every module a workflow imports for each run it keeps cached; the workflows' shared helper
+# modules hold only functions and constants, so one copy serves all runs: 227 -> 146 kB of RSS per cached run
+# (a waiting fleet of 1,000 keeps 1,000 runs cached). The workflow modules themselves stay sandboxed.
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows.steps", "workflows.cleanup")
+)
 
 
 def build_activities(settings: Settings, client: Client) -> list[Callable[..., Any]]:
@@ -69,6 +76,7 @@ def build_worker(
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
+        workflow_runner=WORKFLOW_RUNNER,
         activities=build_activities(settings, client),
         activity_executor=executor,
         # One slot per thread: a slot without a thread would queue activities inside the worker, invisibly.

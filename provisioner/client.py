@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -21,7 +21,7 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from provisioner.contracts import (
@@ -51,6 +51,8 @@ from workflows.project_teardown import ProjectTeardownWorkflow
 ProvisioningHandle = WorkflowHandle[ProjectInitWorkflow, ProvisioningResult]
 TeardownHandle = WorkflowHandle[ProjectTeardownWorkflow, TeardownResult]
 InputT = TypeVar("InputT")
+HandleT = TypeVar("HandleT", bound=WorkflowHandle[Any, Any])
+RequestT = TypeVar("RequestT", ProjectSpec, TeardownSpec)
 
 # Both project workflows answer this query with a `Progress`.
 PROGRESS_QUERY = "progress"
@@ -94,32 +96,32 @@ class ProvisionerClient:
             raise ProjectConflict(
                 f"project {spec.slug!r} is being torn down (run {teardown.run_id}); wait for it to end"
             )
-        handle: ProvisioningHandle = await self._client.start_workflow(
-            ProjectInitWorkflow.run,
-            spec,
-            id=provisioning_workflow_id(spec.slug),
-            task_queue=self._task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(SEARCH_ATTRIBUTE_SLUG, spec.slug),
-                    SearchAttributePair(SEARCH_ATTRIBUTE_TEMPLATE, spec.template),
-                    SearchAttributePair(SEARCH_ATTRIBUTE_STATUS, ProjectStatus.PENDING.value),
-                ]
-            ),
-            static_summary=f"Provision {spec.slug} from template {spec.template}",
-            static_details=(
-                f"**{spec.display_name}** (`{spec.slug}`), template `{spec.template}`, "
-                f"environment `{spec.environment}`, wait for Ready: {spec.wait_for_ready}"
-            ),
-        )
-        running_spec = await self._started_input(handle, ProjectSpec)
-        if running_spec is not None and asdict(running_spec) != asdict(spec):
-            raise ProjectConflict(
-                f"project {spec.slug!r} is already being provisioned with a different request (run {handle.run_id})"
+
+        async def start(conflict_policy: WorkflowIDConflictPolicy) -> ProvisioningHandle:
+            return await self._client.start_workflow(
+                ProjectInitWorkflow.run,
+                spec,
+                id=provisioning_workflow_id(spec.slug),
+                task_queue=self._task_queue,
+                id_conflict_policy=conflict_policy,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(SEARCH_ATTRIBUTE_SLUG, spec.slug),
+                        SearchAttributePair(SEARCH_ATTRIBUTE_TEMPLATE, spec.template),
+                        SearchAttributePair(SEARCH_ATTRIBUTE_STATUS, ProjectStatus.PENDING.value),
+                    ]
+                ),
+                static_summary=f"Provision {spec.slug} from template {spec.template}",
+                static_details=(
+                    f"**{spec.display_name}** (`{spec.slug}`), template `{spec.template}`, "
+                    f"environment `{spec.environment}`, wait for Ready: {spec.wait_for_ready}"
+                ),
             )
-        return handle
+
+        return await self._start_or_attach(
+            start, spec, f"project {spec.slug!r} is already being provisioned with a different request"
+        )
 
     async def teardown(
         self,
@@ -151,26 +153,47 @@ class ProvisionerClient:
         if template:
             attributes.append(SearchAttributePair(SEARCH_ATTRIBUTE_TEMPLATE, template))
         repository = "delete its repository" if delete_repository else "keep its repository"
-        handle: TeardownHandle = await self._client.start_workflow(
-            ProjectTeardownWorkflow.run,
-            spec,
-            id=teardown_workflow_id(slug),
-            task_queue=self._task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            search_attributes=TypedSearchAttributes(attributes),
-            static_summary=f"Tear down {slug} and {repository}",
-            static_details=(
-                f"`{slug}`: delete its Kustomization, GitRepository and Namespace, then {repository}; "
-                f"deletion timeout {deletion_timeout}"
-            ),
-        )
-        running_spec = await self._started_input(handle, TeardownSpec)
-        if running_spec is not None and asdict(running_spec) != asdict(spec):
-            raise ProjectConflict(
-                f"project {slug!r} is already being torn down with a different request (run {handle.run_id})"
+
+        async def start(conflict_policy: WorkflowIDConflictPolicy) -> TeardownHandle:
+            return await self._client.start_workflow(
+                ProjectTeardownWorkflow.run,
+                spec,
+                id=teardown_workflow_id(slug),
+                task_queue=self._task_queue,
+                id_conflict_policy=conflict_policy,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                search_attributes=TypedSearchAttributes(attributes),
+                static_summary=f"Tear down {slug} and {repository}",
+                static_details=(
+                    f"`{slug}`: delete its Kustomization, GitRepository and Namespace, then {repository}; "
+                    f"deletion timeout {deletion_timeout}"
+                ),
             )
-        return handle
+
+        return await self._start_or_attach(
+            start, spec, f"project {slug!r} is already being torn down with a different request"
+        )
+
+    async def _start_or_attach(
+        self,
+        start: Callable[[WorkflowIDConflictPolicy], Awaitable[HandleT]],
+        request: RequestT,
+        conflict: str,
+    ) -> HandleT:
+        """Start a run of `request`, or attach to the run of this id already running with this same request.
+
+        The first attempt refuses an existing run (FAIL), so a new run, the usual case, costs one call and no
+        history read; only a run that was already there has its input read from history and compared.
+        """
+        try:
+            return await start(WorkflowIDConflictPolicy.FAIL)
+        except WorkflowAlreadyStartedError as error:
+            existing = self._client.get_workflow_handle(error.workflow_id, run_id=error.run_id)
+        running_request = await self._started_input(existing, type(request))
+        if running_request is not None and asdict(running_request) != asdict(request):
+            raise ProjectConflict(f"{conflict} (run {existing.run_id})")
+        # The same request: attach to that run (USE_EXISTING); had it ended meanwhile, this starts it anew as asked.
+        return await start(WorkflowIDConflictPolicy.USE_EXISTING)
 
     async def _describe(self, handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionDescription | None:
         try:

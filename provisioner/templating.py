@@ -25,13 +25,16 @@ import os
 import posixpath
 import re
 import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import CodeType
 from typing import Any, ClassVar
 
 import yaml
-from jinja2 import StrictUndefined
+from jinja2 import StrictUndefined, Template
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -58,6 +61,9 @@ MAX_PATH_SEGMENT_LENGTH = 255
 MAX_PATH_LENGTH = 1024
 MAX_POWER_BITS = 64 * 1024  # `a ** b` in a template: far more than any file needs, computed in microseconds
 EXECUTABLE_MODE = 0o100755
+# libyaml's safe loader when PyYAML has it (it does in wheels): the same documents as yaml.safe_load, parsed in C;
+# the pure-Python parser was most of a render's CPU.
+SAFE_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 REGULAR_MODE = 0o100644
 
 
@@ -199,7 +205,7 @@ def load_template(templates_dir: Path, name: str) -> TemplateManifest:
     if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
         raise TemplateRenderFailed(f"template {name!r}: {MANIFEST_FILE_NAME} is larger than {MAX_MANIFEST_BYTES} bytes")
     try:
-        document = yaml.safe_load(manifest_path.read_text(encoding="utf-8"))
+        document = yaml.load(manifest_path.read_text(encoding="utf-8"), Loader=SAFE_YAML_LOADER)
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise TemplateRenderFailed(f"template {name!r}: {MANIFEST_FILE_NAME} is not valid YAML: {error}") from None
     manifest, problems = _parse_manifest(document, name, directory)
@@ -556,8 +562,56 @@ def _power_bits(base: object, exponent: object) -> int:
     return abs(base).bit_length() * exponent
 
 
+class _CompiledSources:
+    """Jinja source text -> its compiled code object, least recently used first out, bounded in source characters.
+
+    Compiling is most of a render's CPU, and every project of a template compiles the same file texts (twice per
+    run: validate_template and push_template). A code object is immutable and holds only what the source says, so
+    sharing it between renders, threads and tenants shares nothing else: each render still builds its own sandbox
+    and context. Every `_environment` compiles alike (same class and options; the byte budget is checked when the
+    code runs, in `call_binop`), so the source text is the whole key.
+    """
+
+    def __init__(self, max_characters: int) -> None:
+        self._max_characters = max_characters
+        self._codes: OrderedDict[str, CodeType] = OrderedDict()
+        self._characters = 0
+        self._lock = threading.Lock()
+
+    def template(self, environment: ImmutableSandboxedEnvironment, source: str) -> Template:
+        with self._lock:
+            code = self._codes.get(source)
+            if code is not None:
+                self._codes.move_to_end(source)
+        if code is None:
+            code = environment.compile(source)  # outside the lock: threads compile different sources at once
+            self._remember(source, code)
+        return environment.template_class.from_code(environment, code, environment.make_globals(None))
+
+    def cached_sources(self) -> list[str]:
+        """The sources held, least recently used first."""
+        with self._lock:
+            return list(self._codes)
+
+    def _remember(self, source: str, code: CodeType) -> None:
+        if len(source) > self._max_characters:
+            return
+        with self._lock:
+            if source in self._codes:
+                return
+            self._codes[source] = code
+            self._characters += len(source)
+            while self._characters > self._max_characters:
+                evicted, _ = self._codes.popitem(last=False)
+                self._characters -= len(evicted)
+
+
+# Sized for a catalogue: the largest render allowed (8 MiB) fits twice.
+_COMPILED = _CompiledSources(max_characters=2 * DEFAULT_LIMITS.max_total_bytes)
+
+
 def _environment(limits: RenderLimits) -> ImmutableSandboxedEnvironment:
-    """A fresh sandbox per render: nothing is shared between threads or tenants."""
+    """A fresh sandbox per render: only immutable compiled code is shared between renders (`_CompiledSources`)."""
     environment = _BoundedSandbox(
         limits.max_total_bytes, undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
     )
@@ -589,7 +643,9 @@ class _Renderer:
 
     def path(self, source: _SourceFile) -> str:
         try:
-            rendered = "/".join(self.environment.from_string(part).render(self.context) for part in source.parts)
+            rendered = "/".join(
+                _COMPILED.template(self.environment, part).render(self.context) for part in source.parts
+            )
         except Exception as error:  # any failure of the template's own code is the template's failure
             raise TemplateRenderFailed(
                 f"template {self.template!r}: cannot render the file name {source.name!r}: {_describe(error)}"
@@ -614,7 +670,7 @@ class _Renderer:
         produced = 0
         try:
             # Streamed, so that output blowing past the limit is stopped early rather than filling memory.
-            for chunk in self.environment.from_string(text).generate(self.context):
+            for chunk in _COMPILED.template(self.environment, text).generate(self.context):
                 produced += len(chunk)  # characters: never more than the bytes they encode to
                 if produced > budget:
                     return None
@@ -737,7 +793,7 @@ def _check_yaml_files(template: str, files: Mapping[str, bytes]) -> None:
         if not path.endswith(YAML_SUFFIXES):
             continue
         try:
-            list(yaml.safe_load_all(content.decode("utf-8")))
+            list(yaml.load_all(content.decode("utf-8"), Loader=SAFE_YAML_LOADER))
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             raise TemplateRenderFailed(
                 f"template {template!r}: {path!r} does not render to valid YAML: {_describe(error)}"
@@ -772,7 +828,7 @@ def _check_kustomization_references(template: str, directory: str, files: Mappin
             f"template {template!r}: the directory {directory!r} is referenced as a kustomization but holds none"
         )
     try:
-        document = yaml.safe_load(files[kustomization_path].decode("utf-8"))
+        document = yaml.load(files[kustomization_path].decode("utf-8"), Loader=SAFE_YAML_LOADER)
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise TemplateRenderFailed(
             f"template {template!r}: {kustomization_path!r} is not valid YAML: {_describe(error)}"

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
+from pydantic import TypeAdapter
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter, pydantic_data_converter
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+)
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
@@ -17,8 +27,44 @@ from provisioner.codec import codec_for
 from provisioner.contracts import SEARCH_ATTRIBUTES
 from provisioner.settings import Settings
 
+# One pydantic TypeAdapter per type for the whole process. Bounded: a type defined in a sandboxed workflow module is
+# a new class in every run (none is decoded today; the contracts' types are passed through, hence shared).
+_shared_type_adapter = functools.lru_cache(maxsize=256)(TypeAdapter)
+
+
+class _SharedAdaptersJSONConverter(PydanticJSONPlainPayloadConverter):
+    """The SDK's pydantic JSON converter, with its TypeAdapters shared by every instance.
+
+    The worker builds a payload converter for each workflow run it starts (in its sandbox), and the SDK's adapter
+    cache lives in the converter instance, so every run rebuilt the adapter (a pydantic schema build) of each type it
+    decoded: most of the CPU of starting a run's sandbox. Same payloads, same validation.
+    """
+
+    def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
+        try:
+            adapter = _shared_type_adapter(type_hint if type_hint is not None else Any)
+        except TypeError:  # an unhashable hint, or one pydantic cannot adapt: as the SDK handles it
+            return super().from_payload(payload, type_hint)
+        return adapter.validate_json(payload.data)
+
+
+class ProvisionerPayloadConverter(CompositePayloadConverter):
+    """`temporalio.contrib.pydantic.PydanticPayloadConverter` with `_SharedAdaptersJSONConverter` for JSON."""
+
+    def __init__(self) -> None:
+        json_converter = _SharedAdaptersJSONConverter()
+        super().__init__(
+            *(
+                json_converter if isinstance(converter, JSONPlainPayloadConverter) else converter
+                for converter in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
 # pydantic's converter understands dataclasses, enums, datetime and timedelta; every client and worker must use it.
-DATA_CONVERTER: DataConverter = pydantic_data_converter
+DATA_CONVERTER: DataConverter = dataclasses.replace(
+    pydantic_data_converter, payload_converter_class=ProvisionerPayloadConverter
+)
 
 
 def data_converter_for(settings: Settings) -> DataConverter:
