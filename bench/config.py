@@ -21,7 +21,9 @@ class BenchConfig:
     growth_extra_files: tuple[int, ...] = (10, 100, 989)  # scenario 5: web-service (11 files) + these
     growth_repeats: int = 2  # scenario 5: runs per size and path
     warmup: bool = True  # one untimed project per path before the timed ones
-    temporal_db: str = "disk"  # the dev server's SQLite file: "disk" (as the embedded stack does) or "tmpfs"
+    # The dev server's SQLite file: "tmpfs" (/dev/shm, else a temp dir) or "disk" (the data dir, as the embedded
+    # stack does). tmpfs by default: on disk, SQLite's fsyncs bound the workflow path (bench/README.md has figures).
+    temporal_db: str = "tmpfs"
     scenarios: tuple[str, ...] = SCENARIOS
     profile_dir: Path | None = None  # py-spy profiles of the throughput scenario go here when set
 

@@ -76,6 +76,7 @@ class BenchStack:
         self._client: Client | None = None
         self._cluster: SandboxCluster | None = None
         self.temporal_pid: int | None = None
+        self.temporal_store = ""  # e.g. "SQLite on tmpfs (/dev/shm/...)", once started
 
     @property
     def settings(self) -> Settings:
@@ -142,11 +143,16 @@ class BenchStack:
         self._client = await self._connect(temporal_address, settings.temporal_namespace)
 
     def _temporal_db_path(self, data_dir: Path) -> Path:
+        """Where the dev server's SQLite file goes; sets `temporal_store` to say so (printed with the results)."""
         if self.options.temporal_db == "disk":
-            return data_dir / "temporal.db"
-        tmpfs_dir = Path(tempfile.mkdtemp(prefix="provisioner-bench-temporal-", dir=TMPFS))
-        self._cleanup.callback(shutil.rmtree, tmpfs_dir, True)
-        return tmpfs_dir / "temporal.db"
+            directory = data_dir
+        else:
+            # /dev/shm is a tmpfs on Linux; without it, a temp dir (itself often a tmpfs).
+            parent = TMPFS if TMPFS.is_dir() and os.access(TMPFS, os.W_OK) else Path(tempfile.gettempdir())
+            directory = Path(tempfile.mkdtemp(prefix="provisioner-bench-temporal-", dir=parent))
+            self._cleanup.callback(shutil.rmtree, directory, True)
+        self.temporal_store = describe_sqlite_store(directory)
+        return directory / "temporal.db"
 
     def _start_temporal(self, address: str, db_file: Path, namespace: str) -> None:
         host, _, port = address.rpartition(":")
@@ -221,6 +227,25 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def describe_sqlite_store(directory: Path) -> str:
+    """'SQLite on <filesystem type> (<directory>)', the type from the mount table (the longest mount point)."""
+    resolved = directory.resolve()
+    best, fs_type = "", "unknown filesystem"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        mounts = []
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount_point = fields[1].replace("\\040", " ")
+        if resolved.is_relative_to(mount_point) and len(mount_point) > len(best):
+            best, fs_type = mount_point, fields[2]
+    where = "tmpfs" if fs_type == "tmpfs" else f"disk ({fs_type})"
+    return f"SQLite on {where}: {directory}"
 
 
 def copy_catalogue(target: Path) -> Path:

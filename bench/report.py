@@ -9,6 +9,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+DEV_SERVER_STORE = "dev_server_store"  # header key: where the Temporal dev server's SQLite file lives
+
 
 @dataclass(frozen=True)
 class Row:
@@ -87,8 +89,11 @@ def top_cpu(cpu_seconds: dict[str, float]) -> str:
 
 
 def format_table(results: list[ScenarioResult], header: dict[str, Any]) -> str:
+    store = header.get(DEV_SERVER_STORE)
     lines = [
-        "provisioner benchmark  " + "  ".join(f"{key}={value}" for key, value in header.items()),
+        "provisioner benchmark  "
+        + "  ".join(f"{key}={value}" for key, value in header.items() if key != DEV_SERVER_STORE),
+        *([f"dev server store: {store}"] if store else []),
         "",
     ]
     width = (46, 16, 16, 44)

@@ -16,7 +16,7 @@ from bench.config import BenchConfig
 from bench.environment import BenchStack, StackOptions, WorkerProcess
 from bench.paths import DirectProcess
 from bench.plot import plot
-from bench.report import ScenarioResult, format_table, timestamp, write_results
+from bench.report import DEV_SERVER_STORE, ScenarioResult, format_table, timestamp, write_results
 from bench.runs import new_run_id
 from bench.scenarios import growth, latency, throughput, waiting
 from bench.scenarios.context import BenchContext
@@ -47,6 +47,7 @@ async def run_bench(
     results: list[ScenarioResult] = []
     options = StackOptions(admin_database_url, config.threads, config.temporal_db)
     async with BenchStack(options) as stack:
+        header[DEV_SERVER_STORE] = stack.temporal_store
         with WorkerProcess(stack.process_env(), stack.log_path("worker")) as worker:
             async with DirectProcess(stack, config.threads) as direct:
                 context = BenchContext(stack, config, new_run_id(), worker, direct)

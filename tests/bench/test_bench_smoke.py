@@ -8,8 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.config import SMOKE
+from bench.environment import TMPFS
 from bench.runner import run_bench
 
+HAS_TMPFS = TMPFS.is_dir()
 EXPECTED_SCENARIOS = ["latency", "throughput", "growth", "waiting", "progress_query"]
 
 
@@ -37,3 +39,7 @@ async def test_every_scenario_produces_its_figures(admin_database_url: str, tmp_
     assert waiting["memory_mb"]["waiting"]["peak_rss_mb"] > 0
     assert len(scenarios["progress_query"]["data"]["latencies"]) == SMOKE.query_samples
     assert "PASS" in outcome.table or "FAIL" in outcome.table
+    # The dev server's SQLite file sits on a tmpfs by default, and the results say where it was.
+    store = document["header"]["dev_server_store"]
+    assert store.startswith(f"SQLite on tmpfs: {TMPFS}/" if HAS_TMPFS else "SQLite on ")
+    assert f"dev server store: {store}" in outcome.table
