@@ -17,7 +17,8 @@ class BenchConfig:
     query_fleet: int = 200  # scenario 4: runs held in await_ready while the progress query is timed
     query_samples: int = 300  # scenario 4: progress queries timed, one at a time
     waiting_fleet: int = 400  # scenario 3: runs held in await_ready (incl. the query fleet); see TARGET_FLEET
-    waiting_sample_seconds: float = 12.0  # scenario 3: how long the held fleet is watched (> the 10 s max poll)
+    # scenario 3: how long the held fleet is watched; over one poll ceiling (30 s), so every run checks meanwhile
+    waiting_sample_seconds: float = 32.0
     growth_extra_files: tuple[int, ...] = (10, 100, 989)  # scenario 5: web-service (11 files) + these
     growth_repeats: int = 2  # scenario 5: runs per size and path
     warmup: bool = True  # one untimed project per path before the timed ones

@@ -49,10 +49,10 @@ from workflows.project_init import (
     PUSH_TEMPLATE,
     READY_POLL_BACKOFF,
     READY_POLL_INITIAL_INTERVAL,
-    READY_POLL_MAXIMUM_INTERVAL,
     STEP_POLICIES,
     UPSERT_PROJECT_RECORD,
     VALIDATE_TEMPLATE,
+    ready_poll_maximum_interval,
 )
 
 ACTIVITY_NAMES = (
@@ -140,6 +140,7 @@ class DirectProvisioner:
         """The workflow's Ready loop, with a sleeping thread where the workflow has a durable timer."""
         deadline = time.monotonic() + spec.ready_timeout.total_seconds()
         interval = READY_POLL_INITIAL_INTERVAL.total_seconds()
+        maximum_interval = ready_poll_maximum_interval(spec.ready_timeout).total_seconds()
         request = ReadinessRequest(namespace=spec.namespace, name=spec.slug)
         check = 0
         while True:
@@ -156,7 +157,7 @@ class DirectProvisioner:
             if remaining <= 0:
                 return report, check
             time.sleep(min(interval, remaining))
-            interval = min(interval * READY_POLL_BACKOFF, READY_POLL_MAXIMUM_INTERVAL.total_seconds())
+            interval = min(interval * READY_POLL_BACKOFF, maximum_interval)
 
 
 def _record(spec: ProjectSpec, status: ProjectStatus, message: str) -> ProjectRecordUpdate:

@@ -64,7 +64,7 @@ async def run(context: BenchContext) -> ScenarioResult:
         Row("readiness checks per run, median",
             f"{Summary.of(r.readiness_checks for r in workflow_runs).median:.0f}",
             f"{Summary.of(r.readiness_checks for r in direct_runs).median:.0f}",
-            "same poll schedule: 1 s, x1.5, max 10 s"),
+            "same poll schedule: 1 s, x1.5, max ready_timeout/10 in [10 s, 60 s]"),
         Row("not ready / failed", str(failures(workflow_runs)), str(failures(direct_runs)),
             failure_note(workflow_runs + direct_runs)),
     ]

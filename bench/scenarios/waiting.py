@@ -275,7 +275,7 @@ def _waiting_result(
         Row("threads held by a waiting run", str(held), note=f"started activity older than {HELD_AFTER_SECONDS:g} s"),
         Row("CPU while waiting: worker / Temporal", f"{_per_second(waiting_cpu, WORKER, waiting_seconds)} / "
             f"{_per_second(waiting_cpu, TEMPORAL_SERVER, waiting_seconds)} CPU-s/s",
-            note="the readiness polls (one per run per <= 10 s)"),
+            note="the readiness polls (one per run per <= 30 s at the 5 min bound)"),
         Row(f"progress query with {fleet_size} in flight", f"p50 {seconds(fleet_query.median)}",
             note=f"p95 {seconds(fleet_query.p95)}"),
         Row("after release(): ready / fleet", f"{ready} / {fleet_size}", note=f"drained in {seconds(drain_seconds)}"),

@@ -41,7 +41,7 @@ from provisioner.contracts import (
     StepName,
     StepState,
 )
-from workflows.project_init import ProjectInitWorkflow
+from workflows.project_init import ProjectInitWorkflow, ready_poll_maximum_interval
 
 READY = ReadinessReport(ReadinessState.READY, "ReconciliationSucceeded", "Applied revision: main@sha1:abc")
 PROGRESSING = ReadinessReport(ReadinessState.IN_PROGRESS, "Progressing", "Reconciliation in progress")
@@ -314,6 +314,32 @@ async def test_ready_timeout_ends_as_not_ready_with_the_flux_reason(
     assert "kustomization path not found" in systems.records[-1].last_message
     # Polled with backoff across the whole bound, not once and not in a tight loop.
     assert 5 <= systems.readiness_polls <= 40
+
+
+@pytest.mark.parametrize(
+    ("ready_timeout", "ceiling"),
+    [
+        (timedelta(seconds=30), timedelta(seconds=10)),
+        (timedelta(minutes=5), timedelta(seconds=30)),
+        (timedelta(minutes=30), timedelta(seconds=60)),
+    ],
+)
+def test_the_poll_ceiling_is_a_tenth_of_the_bound_within_limits(ready_timeout: timedelta, ceiling: timedelta) -> None:
+    assert ready_poll_maximum_interval(ready_timeout) == ceiling
+
+
+async def test_a_long_wait_checks_about_once_per_ceiling_not_every_ten_seconds(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    systems, task_queue = stubs
+    systems.readiness = lambda poll: ReadinessReport(ReadinessState.IN_PROGRESS, "Progressing", "reconciling")
+    result: ProvisioningResult = await (
+        await start(time_skipping_env, task_queue, make_spec(ready_timeout=timedelta(minutes=10)))
+    ).result()
+
+    assert result.status is ProjectStatus.NOT_READY
+    # 12 checks while the interval grows 1 s -> 60 s (171 s), then one a minute: ~20 (a 10 s ceiling made 55).
+    assert 17 <= systems.readiness_polls <= 23
 
 
 async def test_stalled_fails_at_once_and_marks_the_record_failed(
