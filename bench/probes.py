@@ -22,6 +22,7 @@ from pathlib import Path
 
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from provisioner.client import ProvisionerClient
 from provisioner.contracts import TERMINAL_STATUSES, Progress, StepName, StepState, provisioning_workflow_id
@@ -98,13 +99,20 @@ async def describe_pending_activities(client: Client, slugs: Iterable[str]) -> P
     return report
 
 
-async def timed_progress(provisioner: ProvisionerClient, slug: str) -> tuple[float, Progress]:
+async def timed_progress(provisioner: ProvisionerClient, slug: str) -> tuple[float, Progress | None]:
+    """The `progress` query and its latency; None when it failed (e.g. timed out on an overloaded stack): the
+    latency then is the time until it failed, and the caller counts it, instead of the whole bench ending."""
     started = time.perf_counter()
-    progress = await provisioner.progress(slug)
+    try:
+        progress: Progress | None = await provisioner.progress(slug)
+    except RPCError:
+        progress = None
     return time.perf_counter() - started, progress
 
 
-def is_waiting_for_ready(progress: Progress) -> bool:
+def is_waiting_for_ready(progress: Progress | None) -> bool:
+    if progress is None:  # not known this round: asked again on the next
+        return False
     current = progress.current_step
     return current is not None and current.name is StepName.AWAIT_READY and current.state is StepState.RUNNING
 
@@ -129,7 +137,7 @@ async def ended_slugs(provisioner: ProvisionerClient, slugs: Iterable[str], conc
     async def check(slug: str) -> str | None:
         async with gate:
             _, progress = await timed_progress(provisioner, slug)
-        return slug if progress.status in TERMINAL_STATUSES else None
+        return slug if progress is not None and progress.status in TERMINAL_STATUSES else None
 
     found = await asyncio.gather(*(check(slug) for slug in slugs))
     return {slug for slug in found if slug is not None}

@@ -108,7 +108,7 @@ async def run(context: BenchContext) -> list[ScenarioResult]:
         query_fill_seconds = time.perf_counter() - fill_started
         at_query_fleet = worker.memory()
         query_window = context.cpu_window(worker).start()
-        query_latencies = await _time_queries(provisioner, query_slugs, config.query_samples)
+        query_latencies, query_failures = await _time_queries(provisioner, query_slugs, config.query_samples)
         query_window.stop()
 
         rest_started = time.perf_counter()
@@ -122,7 +122,9 @@ async def run(context: BenchContext) -> list[ScenarioResult]:
         thread_samples = await _sample_threads(worker.pid, config.waiting_sample_seconds)
         waiting_window.stop()
         pending = await describe_pending_activities(context.stack.client, all_slugs)
-        fleet_latencies = await _time_queries(provisioner, all_slugs, min(QUERIES_AT_FULL_FLEET, config.query_samples))
+        fleet_latencies, fleet_failures = await _time_queries(
+            provisioner, all_slugs, min(QUERIES_AT_FULL_FLEET, config.query_samples)
+        )
         waiting_memory = worker.memory()
         still_waiting = len(all_slugs) - len(fleet.ended)
 
@@ -148,7 +150,9 @@ async def run(context: BenchContext) -> list[ScenarioResult]:
     waiting.cpu_seconds = {"fleet start to drained": window.seconds, "waiting window": waiting_window.seconds}
     waiting.wall_seconds = wall
     waiting.data["memory_timeline"] = timeline
-    queries = _query_result(config.query_fleet, query_latencies, fleet_size, fleet_latencies)
+    queries = _query_result(
+        config.query_fleet, query_latencies, fleet_size, fleet_latencies, query_failures + fleet_failures
+    )
     queries.cpu_seconds = {"query window": query_window.seconds}
     queries.wall_seconds = query_window.wall_seconds
     queries.data["machine_busy"] = query_window.machine_busy
@@ -182,14 +186,17 @@ async def _until_waiting(
             await asyncio.sleep(0.5)
 
 
-async def _time_queries(provisioner: ProvisionerClient, slugs: list[str], count: int) -> list[float]:
-    """`count` progress queries, one at a time, each on a random run among `slugs`."""
+async def _time_queries(provisioner: ProvisionerClient, slugs: list[str], count: int) -> tuple[list[float], int]:
+    """`count` progress queries, one at a time, each on a random run among `slugs`: their latencies (a failed one's
+    until it failed) and how many failed."""
     chooser = random.Random(1)
     latencies = []
+    failed = 0
     for _ in range(count):
-        latency, _progress = await timed_progress(provisioner, chooser.choice(slugs))
+        latency, progress = await timed_progress(provisioner, chooser.choice(slugs))
         latencies.append(latency)
-    return latencies
+        failed += progress is None
+    return latencies, failed
 
 
 async def _sample_memory(worker: WorkerProcess, timeline: list[dict[str, Any]], origin: float) -> None:
@@ -327,7 +334,7 @@ def _per_second(cpu: dict[str, float], part: str, window_seconds: float) -> str:
 
 
 def _query_result(
-    query_fleet: int, latencies: list[float], fleet_size: int, fleet_latencies: list[float]
+    query_fleet: int, latencies: list[float], fleet_size: int, fleet_latencies: list[float], failed: int
 ) -> ScenarioResult:
     summary = Summary.of(latencies)
     at_fleet = Summary.of(fleet_latencies)
@@ -341,6 +348,7 @@ def _query_result(
         Row("progress query p95", seconds(summary.p95)),
         Row("progress query max", seconds(summary.maximum)),
         Row(f"  with {fleet_size} in flight: p50 / p95", f"{seconds(at_fleet.median)} / {seconds(at_fleet.p95)}"),
+        Row("queries that failed (timed out)", str(failed), note="counted above with their time until failing"),
     ]
     result.targets.append(Target(
         f"progress query p95 with {query_fleet} in flight", summary.p95 * 1000, QUERY_P95_LIMIT_SECONDS * 1000, True,
@@ -350,5 +358,7 @@ def _query_result(
         "a query is a round trip client -> server -> worker (a query task on the workflow's cached state) -> server"
         " -> client; cost is the two hops and the worker's workflow-task poll"
     )
-    result.data = {"latencies": latencies, "summary": summary.to_json(), "at_fleet": at_fleet.to_json()}
+    result.data = {
+        "latencies": latencies, "summary": summary.to_json(), "at_fleet": at_fleet.to_json(), "failed": failed,
+    }
     return result
