@@ -33,7 +33,7 @@ from tests.histories.record import (
     load_history,
     readable_forms,
 )
-from worker import WORKFLOW_RUNNER, WORKFLOWS
+from worker import DETERMINISM_GUARD_RUNNER, WORKFLOW_RUNNER, WORKFLOWS
 from workflows.project_init import CREATE_REPOSITORY, ProjectInitWorkflow
 from workflows.project_teardown import DESCRIBE_PROVISIONING_RUN, ProjectTeardownWorkflow
 
@@ -57,13 +57,17 @@ def test_every_scenario_has_exactly_one_history() -> None:
     )
 
 
+# As the worker runs them (unsandboxed), and in the sandbox, which fails on any nondeterministic call (worker.py).
+RUNNERS = {"worker": WORKFLOW_RUNNER, "sandbox": DETERMINISM_GUARD_RUNNER}
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
 @pytest.mark.parametrize("scenario", [scenario.name for scenario in SCENARIOS])
-async def test_history_replays_on_todays_workflows(scenario: str) -> None:
+async def test_history_replays_on_todays_workflows(scenario: str, runner: str) -> None:
     history = history_of(scenario)
     expected_id = next(s.workflow_id for s in SCENARIOS if s.name == scenario)
     assert history.workflow_id == expected_id
-    # As the worker runs them: the same workflows, sandbox and data converter (worker.py).
-    replayer = Replayer(workflows=WORKFLOWS, workflow_runner=WORKFLOW_RUNNER, data_converter=DATA_CONVERTER)
+    replayer = Replayer(workflows=WORKFLOWS, workflow_runner=RUNNERS[runner], data_converter=DATA_CONVERTER)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{scenario} no longer replays: {result.replay_failure!r}"
 

@@ -41,6 +41,7 @@ from provisioner.contracts import (
     StepName,
     StepState,
 )
+from worker import DETERMINISM_GUARD_RUNNER
 from workflows.project_init import ProjectInitWorkflow, ready_poll_maximum_interval
 
 READY = ReadinessReport(ReadinessState.READY, "ReconciliationSucceeded", "Applied revision: main@sha1:abc")
@@ -136,8 +137,13 @@ class StubSystems:
 async def stubs(time_skipping_env: WorkflowEnvironment) -> AsyncIterator[tuple[StubSystems, str]]:
     systems = StubSystems()
     task_queue = f"test-{uuid.uuid4()}"
+    # In the sandbox: these tests walk every path of the workflow, so a nondeterministic call on any of them fails.
     async with Worker(
-        time_skipping_env.client, task_queue=task_queue, workflows=[ProjectInitWorkflow], activities=systems.all()
+        time_skipping_env.client,
+        task_queue=task_queue,
+        workflows=[ProjectInitWorkflow],
+        activities=systems.all(),
+        workflow_runner=DETERMINISM_GUARD_RUNNER,
     ):
         yield systems, task_queue
 

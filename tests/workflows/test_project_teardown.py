@@ -32,6 +32,7 @@ from provisioner.contracts import (
     TeardownSpec,
     teardown_workflow_id,
 )
+from worker import DETERMINISM_GUARD_RUNNER
 from workflows.project_teardown import ProjectTeardownWorkflow
 
 FLUX_OBJECTS = ["Kustomization", "GitRepository", "Namespace"]
@@ -109,8 +110,13 @@ class StubSystems:
 async def stubs(time_skipping_env: WorkflowEnvironment) -> AsyncIterator[tuple[StubSystems, str]]:
     systems = StubSystems()
     task_queue = f"test-{uuid.uuid4()}"
+    # In the sandbox: these tests walk every path of the workflow, so a nondeterministic call on any of them fails.
     async with Worker(
-        time_skipping_env.client, task_queue=task_queue, workflows=[ProjectTeardownWorkflow], activities=systems.all()
+        time_skipping_env.client,
+        task_queue=task_queue,
+        workflows=[ProjectTeardownWorkflow],
+        activities=systems.all(),
+        workflow_runner=DETERMINISM_GUARD_RUNNER,
     ):
         yield systems, task_queue
 
