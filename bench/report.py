@@ -115,7 +115,7 @@ def format_table(results: list[ScenarioResult], header: dict[str, Any]) -> str:
         for target in result.targets:
             comparison = "<=" if target.at_most else ">="
             verdict = "PASS" if target.passed else "FAIL"
-            measured = "n/a" if math.isnan(target.measured) else f"{target.measured:.3g}{target.unit}"
+            measured = "n/a" if math.isnan(target.measured) else f"{_figure(target.measured)}{target.unit}"
             lines.append(
                 f"{verdict}  {target.name}: {measured} (target {comparison} {target.limit:g}{target.unit})"
                 + (f"  [{target.detail}]" if target.detail else "")
@@ -156,3 +156,8 @@ def _json_default(value: object) -> object:
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _figure(value: float) -> str:
+    """Three significant digits, but a count as the whole number it is (1000, not 1e+03)."""
+    return f"{value:.0f}" if value.is_integer() else f"{value:.3g}"
