@@ -223,12 +223,23 @@ async def _sample_threads(pid: int, duration: float) -> list[ThreadSample]:
 def _extrapolated_peak(fleet_size: int, idle: ProcessMemory, at_fleet: ProcessMemory) -> tuple[float, float]:
     """(MB per waiting run, the peak extrapolated to TARGET_FLEET runs).
 
-    The slope is taken from the idle worker to the whole fleet waiting. It includes what provisioning leaves
-    allocated, and that is what a real fleet costs: measured at 1,000 runs the peak was 344 MB, where this slope
-    from 400 predicted 336 MB and the slope between 200 and 400 waiting runs only 277 MB.
+    The slope is taken from the idle worker to the whole fleet waiting, so it also spreads the heap that the first
+    provisionings leave behind over the runs: on the safe side. A larger fleet's runs wait longer and each keeps
+    more history cached, which a slope between two smaller fleets misses (bench/README.md has the measurements).
     """
     per_run = max(at_fleet.rss_mb - idle.rss_mb, 0.0) / max(fleet_size, 1)
     return per_run, at_fleet.peak_rss_mb + per_run * max(TARGET_FLEET - fleet_size, 0)
+
+
+def _marginal_note(smaller: int, at_smaller: ProcessMemory, fleet_size: int, at_fleet: ProcessMemory) -> str:
+    """The slope between the two fleet sizes, without the one-off heap of the first provisionings: for comparison
+    only, as it ignores that a larger fleet waits longer (more history per cached run)."""
+    if fleet_size <= smaller:
+        return ""
+    per_run = max(at_fleet.rss_mb - at_smaller.rss_mb, 0.0) / (fleet_size - smaller)
+    projected = at_fleet.peak_rss_mb + per_run * max(TARGET_FLEET - fleet_size, 0)
+    return (f"from idle; {smaller}->{fleet_size} waiting: {per_run * 1024:.0f} kB "
+            f"(-> {projected:.0f} MB at {TARGET_FLEET})")
 
 
 def _waiting_result(
@@ -268,7 +279,8 @@ def _waiting_result(
             note=f"{config.query_fleet} waiting: {at_query_fleet.rss_mb:.0f} MB"),
         Row("worker peak RSS (VmHWM) while waiting", f"{waiting_memory.peak_rss_mb:.0f} MB",
             note=f"after the drain: {final_memory.peak_rss_mb:.0f} MB"),
-        Row("worker RSS per waiting run", "n/a" if math.isnan(per_run_mb) else f"{per_run_mb * 1024:.0f} kB"),
+        Row("worker RSS per waiting run", "n/a" if math.isnan(per_run_mb) else f"{per_run_mb * 1024:.0f} kB",
+            note=_marginal_note(config.query_fleet, at_query_fleet, fleet_size, at_fleet)),
         Row("worker OS threads while waiting", str(waiting_memory.threads),
             note=f"activity pool: {pool_threads} of {config.threads} threads created"),
         Row("activity threads busy (py-spy samples)", f"max {max_busy}, mean {mean_busy:.2f}",
