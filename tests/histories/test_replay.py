@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
-from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner, WorkflowRunner
 
 from provisioner.contracts import (
     ProjectSpec,
@@ -25,6 +25,7 @@ from provisioner.contracts import (
     TeardownSpec,
 )
 from provisioner.temporal import DATA_CONVERTER
+from tests.histories.clock_reading_workflow import InitReadingTheSystemClock
 from tests.histories.record import (
     HISTORIES_DIR,
     SCENARIO_NAMES,
@@ -183,3 +184,19 @@ async def test_the_same_addition_behind_a_patch_replays() -> None:
         history, raise_on_replay_failure=False
     )
     assert result.replay_failure is None, repr(result.replay_failure)
+
+
+async def test_the_sandbox_refuses_a_nondeterministic_call_the_worker_would_run() -> None:
+    """Why the workflow tests and the replays run in DETERMINISM_GUARD_RUNNER: the worker's runner replays a
+    workflow that reads the system clock without a complaint; the sandbox refuses it."""
+    history = history_of("init_ready")
+
+    async def replay(runner: WorkflowRunner) -> Exception | None:
+        replayer = Replayer(
+            workflows=[InitReadingTheSystemClock], workflow_runner=runner, data_converter=DATA_CONVERTER
+        )
+        return (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure
+
+    assert await replay(WORKFLOW_RUNNER) is None
+    refused = await replay(DETERMINISM_GUARD_RUNNER)
+    assert refused is not None and "Cannot access time.time" in str(refused), repr(refused)
