@@ -38,7 +38,7 @@ log = logging.getLogger("provisioner.worker")
 
 WORKFLOWS: Sequence[type] = [ProjectInitWorkflow, ProjectTeardownWorkflow]
 # The worker runs the workflows outside Temporal's sandbox: the sandbox re-imports the workflow module for every run
-# it keeps cached, ~60 kB of RSS per run, and a waiting fleet of 1,000 keeps 1,000 runs cached (bench/README.md).
+# it keeps cached, 60-100 kB of RSS per run, and a waiting fleet of 1,000 keeps 1,000 runs cached (bench/README.md).
 # The sandbox still guards determinism where it costs nothing at run time: the workflow tests and the replay of
 # every recorded history run these workflows in DETERMINISM_GUARD_RUNNER, which fails on a clock, random, I/O or
 # other restricted call.

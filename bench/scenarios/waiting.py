@@ -227,7 +227,14 @@ def _extrapolated_peak(fleet_size: int, idle: ProcessMemory, at_fleet: ProcessMe
     provisionings leave behind over the runs: on the safe side. A larger fleet's runs wait longer and each keeps
     more history cached, which a slope between two smaller fleets misses (bench/README.md has the measurements).
     """
-    per_run = max(at_fleet.rss_mb - idle.rss_mb, 0.0) / max(fleet_size, 1)
+    return _projected(0, idle, fleet_size, at_fleet)
+
+
+def _projected(
+    smaller: int, at_smaller: ProcessMemory, fleet_size: int, at_fleet: ProcessMemory
+) -> tuple[float, float]:
+    """(MB per waiting run between the two fleet sizes, the peak projected along that slope to TARGET_FLEET)."""
+    per_run = max(at_fleet.rss_mb - at_smaller.rss_mb, 0.0) / max(fleet_size - smaller, 1)
     return per_run, at_fleet.peak_rss_mb + per_run * max(TARGET_FLEET - fleet_size, 0)
 
 
@@ -236,8 +243,7 @@ def _marginal_note(smaller: int, at_smaller: ProcessMemory, fleet_size: int, at_
     only, as it ignores that a larger fleet waits longer (more history per cached run)."""
     if fleet_size <= smaller:
         return ""
-    per_run = max(at_fleet.rss_mb - at_smaller.rss_mb, 0.0) / (fleet_size - smaller)
-    projected = at_fleet.peak_rss_mb + per_run * max(TARGET_FLEET - fleet_size, 0)
+    per_run, projected = _projected(smaller, at_smaller, fleet_size, at_fleet)
     return (f"from idle; {smaller}->{fleet_size} waiting: {per_run * 1024:.0f} kB "
             f"(-> {projected:.0f} MB at {TARGET_FLEET})")
 

@@ -9,12 +9,13 @@ The last tests prove the guard bites: altered copies of the workflows fail to re
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
-from temporalio.worker import Replayer, UnsandboxedWorkflowRunner, WorkflowRunner
+from temporalio.worker import Replayer, WorkflowRunner
 
 from provisioner.contracts import (
     ProjectSpec,
@@ -58,6 +59,12 @@ def test_every_scenario_has_exactly_one_history() -> None:
     )
 
 
+def replayer(workflows: Sequence[type], runner: WorkflowRunner = WORKFLOW_RUNNER) -> Replayer:
+    """Replays `workflows` as the worker runs them by default (unsandboxed: the altered classes below live in this
+    test module, which the sandbox would have to re-import)."""
+    return Replayer(workflows=workflows, workflow_runner=runner, data_converter=DATA_CONVERTER)
+
+
 # As the worker runs them (unsandboxed), and in the sandbox, which fails on any nondeterministic call (worker.py).
 RUNNERS = {"worker": WORKFLOW_RUNNER, "sandbox": DETERMINISM_GUARD_RUNNER}
 
@@ -68,8 +75,7 @@ async def test_history_replays_on_todays_workflows(scenario: str, runner: str) -
     history = history_of(scenario)
     expected_id = next(s.workflow_id for s in SCENARIOS if s.name == scenario)
     assert history.workflow_id == expected_id
-    replayer = Replayer(workflows=WORKFLOWS, workflow_runner=RUNNERS[runner], data_converter=DATA_CONVERTER)
-    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    result = await replayer(WORKFLOWS, RUNNERS[runner]).replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{scenario} no longer replays: {result.replay_failure!r}"
 
 
@@ -157,21 +163,14 @@ ALTERED = [
 ]
 
 
-def unsandboxed_replayer(workflow_class: type) -> Replayer:
-    # Unsandboxed: the altered classes live in this test module, which the sandbox would have to re-import.
-    return Replayer(
-        workflows=[workflow_class], workflow_runner=UnsandboxedWorkflowRunner(), data_converter=DATA_CONVERTER
-    )
-
-
 @pytest.mark.parametrize(("altered", "original", "scenario"), ALTERED)
 async def test_an_altered_workflow_fails_to_replay(altered: type, original: type, scenario: str) -> None:
     history = history_of(scenario)
     # The control: the same replayer with the unaltered workflow replays the history...
-    control = await unsandboxed_replayer(original).replay_workflow(history, raise_on_replay_failure=False)
+    control = await replayer([original]).replay_workflow(history, raise_on_replay_failure=False)
     assert control.replay_failure is None, repr(control.replay_failure)
     # ... and the altered one does not.
-    result = await unsandboxed_replayer(altered).replay_workflow(history, raise_on_replay_failure=False)
+    result = await replayer([altered]).replay_workflow(history, raise_on_replay_failure=False)
     assert isinstance(result.replay_failure, workflow.NondeterminismError), repr(result.replay_failure)
     assert "Nondeterminism error" in str(result.replay_failure)
 
@@ -180,7 +179,7 @@ async def test_the_same_addition_behind_a_patch_replays() -> None:
     """README's recipe: the activity InitWithAnActivityAddedFirst adds, behind `workflow.patched`, replays the old
     history (the old path is taken where the history has no patch marker)."""
     history = history_of("init_provisioned")
-    result = await unsandboxed_replayer(InitWithAPatchedActivity).replay_workflow(
+    result = await replayer([InitWithAPatchedActivity]).replay_workflow(
         history, raise_on_replay_failure=False
     )
     assert result.replay_failure is None, repr(result.replay_failure)
@@ -192,10 +191,8 @@ async def test_the_sandbox_refuses_a_nondeterministic_call_the_worker_would_run(
     history = history_of("init_ready")
 
     async def replay(runner: WorkflowRunner) -> Exception | None:
-        replayer = Replayer(
-            workflows=[InitReadingTheSystemClock], workflow_runner=runner, data_converter=DATA_CONVERTER
-        )
-        return (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure
+        guarded = replayer([InitReadingTheSystemClock], runner)
+        return (await guarded.replay_workflow(history, raise_on_replay_failure=False)).replay_failure
 
     assert await replay(WORKFLOW_RUNNER) is None
     refused = await replay(DETERMINISM_GUARD_RUNNER)
