@@ -58,6 +58,7 @@ KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization
 
 READY, RECONCILING, STALLED, HEALTHY = "Ready", "Reconciling", "Stalled", "Healthy"
 ARTIFACT_IN_STORAGE, FETCH_FAILED = "ArtifactInStorage", "FetchFailed"
+ARTIFACT_OUTDATED, NEW_REVISION = "ArtifactOutdated", "NewRevision"
 PROGRESSING, PROGRESSING_WITH_RETRY = "Progressing", "ProgressingWithRetry"
 
 
@@ -439,6 +440,8 @@ class FluxSimulator:
         self._held_namespaces: set[str] = set()
         self._held: set[Key] = set()
         self._clone_failures: dict[str, str] = {}
+        self._fetch_delays: dict[str | None, float] = {}  # namespace (None: every namespace) -> seconds
+        self._fetch_seen: dict[Key, tuple[str, float]] = {}  # upstream revision not stored yet, first seen at
         self._progress_started: dict[Key, float] = {}
         self._failures: dict[Key, int] = {}
         self._dependents: dict[tuple[str, str], set[tuple[str, str]]] = {}
@@ -520,6 +523,45 @@ class FluxSimulator:
             self._clone_failures.clear()
         self._requeue_all(GIT_REPOSITORIES)
 
+    def delay_fetch(self, namespace: str | None, seconds: float) -> None:
+        """Make fetching a new upstream revision slow for GitRepositories of `namespace` (None: of all namespaces).
+
+        For `seconds` after a GitRepository first sees a revision its stored artifact does not have, it stays where a
+        slow clone leaves it: Ready as it was (True at the old artifact; Unknown "building artifact" before the
+        first one), with Reconciling=True when the reconcile was requested or the generation changed, as upstream
+        persists it. Then the new artifact is stored. The wait is a timed requeue: no worker thread waits.
+        """
+        with self._lock:
+            self._fetch_delays[namespace] = max(float(seconds), 0.0)
+            waiting = list(self._fetch_seen)
+        for key in waiting:  # a shorter delay may be over already
+            self._queue.add(key)
+
+    def clear_fetch_delay(self, namespace: str | None = None) -> None:
+        """End a fetch delay (all of them when `namespace` is None); waiting GitRepositories fetch at once."""
+        with self._lock:
+            if namespace is None:
+                self._fetch_delays.clear()
+            else:
+                self._fetch_delays.pop(namespace, None)
+            waiting = list(self._fetch_seen)
+        for key in waiting:
+            self._queue.add(key)
+
+    def _fetch_delay(self, namespace: str) -> float | None:
+        with self._lock:
+            return self._fetch_delays.get(namespace, self._fetch_delays.get(None))
+
+    def _fetch_remaining(self, key: Key, revision: str, delay: float) -> float | None:
+        """Seconds the fetch of `revision` must still wait, None when it may happen now."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._fetch_seen.get(key)
+            if seen is None or seen[0] != revision:
+                seen = self._fetch_seen[key] = (revision, now)
+        remaining = delay - (now - seen[1])
+        return remaining if remaining > 0 else None
+
     def _requeue_all(self, kind: ResourceKind) -> None:
         for obj in self.store.list_objects(kind)["items"]:
             self._queue.add((kind.plural, obj["metadata"]["namespace"], obj["metadata"]["name"]))
@@ -547,6 +589,7 @@ class FluxSimulator:
             with self._lock:
                 self._progress_started.pop(key, None)
                 self._failures.pop(key, None)
+                self._fetch_seen.pop(key, None)
                 self._held.discard(key)
             return
         if event.type == "ADDED" or _wants_reconcile(event.old or {}, event.obj):
@@ -668,12 +711,24 @@ class FluxSimulator:
             injected = self._injected_clone_failure(url)
             if injected:
                 raise GitFetchError(injected)
-            if up_to_date and artifact is not None:
+            delay = self._fetch_delay(namespace)
+            if up_to_date or delay is not None:
                 head = remote_head(url, target, auth_header, timeout)
-                if head and artifact.get("revision") == target.revision(head):
+                upstream = target.revision(head) if head else None
+                stored = (artifact or {}).get("revision")
+                if up_to_date and upstream == stored:
                     with self._lock:
                         self._failures.pop(key, None)
+                        self._fetch_seen.pop(key, None)
                     return interval
+                if delay is not None and upstream is not None and upstream != stored:
+                    waiting = self._fetch_remaining(key, upstream, delay)
+                    if waiting is not None:
+                        # A clone still running: only what upstream persists before the checkout shows.
+                        if _start_is_persisted(status, generation, requested):
+                            self._write_status(GIT_REPOSITORIES, namespace, name, SOURCE_CONTROLLER,
+                                               lambda s, g: _mark_reconcile_started(s, g, status))
+                        return waiting
             new_artifact = self._fetch_artifact(namespace, name, url, target, auth_header, timeout, artifact)
         except GitFetchError as error:
             message = f"failed to checkout and determine revision: unable to clone '{url}': {error}"
@@ -682,8 +737,9 @@ class FluxSimulator:
             failure = _Outcome("False", "AuthenticationFailed", str(error))
         if failure is not None and _already_reported(status, generation, failure, requested):
             return self._backoff(key)  # the same failure again: the status already says it
+        found = new_artifact["revision"] if new_artifact is not None else None
         self._write_status(GIT_REPOSITORIES, namespace, name, SOURCE_CONTROLLER,
-                           lambda s, g: _mark_source_progressing(s, g, status))
+                           lambda s, g: _mark_source_progressing(s, g, status, found))
         remaining = self._result_due(key)
         if remaining is not None:
             return remaining
@@ -698,6 +754,7 @@ class FluxSimulator:
                            lambda s, g: _mark_source_ready(s, g, ready_artifact, requested))
         with self._lock:
             self._failures.pop(key, None)
+            self._fetch_seen.pop(key, None)
         log.info("flux simulator: GitRepository %s/%s stored artifact for revision '%s'",
                  namespace, name, new_artifact["revision"])
         return interval
@@ -917,15 +974,51 @@ def _drop_finalizer(obj: JsonObj, finalizer: str) -> None:
         del obj["metadata"]["finalizers"]
 
 
-def _mark_source_progressing(status: JsonObj, generation: int, previous: JsonObj) -> None:
-    if not previous.get("artifact"):
-        message = "building artifact"
-    elif previous.get("observedGeneration") not in (None, generation):
-        message = f"processing object: new generation {previous.get('observedGeneration')} -> {generation}"
-    else:
-        message = "reconciliation in progress"
+def _progressive_status(status: JsonObj, generation: int, drift: bool, message: str) -> None:
+    """fluxcd/pkg runtime/reconcile ProgressiveStatus: Reconciling=True always (conditions.MarkReconciling also drops
+    Stalled); Ready=Unknown only on drift or when Ready is absent or already Unknown, so a Ready=True (or False)
+    from the previous reconcile stays until something new is found."""
     set_condition(status, RECONCILING, "True", PROGRESSING, message, generation)
-    set_condition(status, READY, "Unknown", PROGRESSING, message, generation)
+    ready = get_condition(status, READY)
+    if drift or ready is None or ready.get("status") == "Unknown":
+        set_condition(status, READY, "Unknown", PROGRESSING, message, generation)
+
+
+def _start_is_persisted(previous: JsonObj, generation: int, requested: str | None) -> bool:
+    """Whether upstream patches the start-of-reconcile status before the checkout: gitrepository_controller.go
+    reconcile() does when the generation differs or a reconcile was requested; reconcileStorage() when there is no
+    artifact. A plain interval reconcile shows nothing until it finds a new revision or ends."""
+    return (not previous.get("artifact") or int(previous.get("observedGeneration") or 0) != generation
+            or requested != previous.get("lastHandledReconcileAt"))
+
+
+def _mark_reconcile_started(status: JsonObj, generation: int, previous: JsonObj) -> None:
+    """What a GitRepository shows while its checkout runs (source-controller gitrepository_controller.go)."""
+    if not previous.get("artifact"):
+        # reconcileStorage(): no artifact yet -> ProgressiveStatus(true, ..., "building artifact").
+        _progressive_status(status, generation, True, "building artifact")
+        delete_condition(status, ARTIFACT_IN_STORAGE)
+        return
+    observed = int(previous.get("observedGeneration") or 0)
+    if observed != generation:
+        # reconcile(): ProgressiveStatus(false, ..., "processing object: new generation %d -> %d").
+        message = f"processing object: new generation {observed} -> {generation}"
+    else:
+        # reconcile(): ProgressiveStatus(false, obj, meta.ProgressingReason, "reconciliation in progress").
+        message = "reconciliation in progress"
+    _progressive_status(status, generation, False, message)
+
+
+def _mark_source_progressing(status: JsonObj, generation: int, previous: JsonObj, found: str | None) -> None:
+    """The status after the checkout, before the artifact is stored (or the failure is reported)."""
+    _mark_reconcile_started(status, generation, previous)
+    if found is not None and (previous.get("artifact") or {}).get("revision") != found:
+        # reconcileSource(): "Mark observations about the revision on the object" -- ArtifactOutdated only when an
+        # artifact exists, then ProgressiveStatus(true, ..., "building artifact: %s"), which turns Ready Unknown.
+        message = f"new upstream revision '{found}'"
+        if previous.get("artifact"):
+            set_condition(status, ARTIFACT_OUTDATED, "True", NEW_REVISION, message, generation)
+        _progressive_status(status, generation, True, f"building artifact: {message}")
 
 
 def _already_reported(status: JsonObj, generation: int, outcome: _Outcome, requested: str | None) -> bool:
@@ -938,6 +1031,7 @@ def _already_reported(status: JsonObj, generation: int, outcome: _Outcome, reque
 
 
 def _mark_source_failed(status: JsonObj, generation: int, failure: _Outcome, requested: str | None) -> None:
+    delete_condition(status, ARTIFACT_OUTDATED)  # reconcileSource() drops it before the checkout
     set_condition(status, FETCH_FAILED, "True", failure.reason, failure.message, generation)
     set_condition(status, READY, "False", failure.reason, failure.message, generation)
     reconciling = get_condition(status, RECONCILING)
@@ -948,9 +1042,12 @@ def _mark_source_failed(status: JsonObj, generation: int, failure: _Outcome, req
 
 
 def _mark_source_ready(status: JsonObj, generation: int, artifact: JsonObj, requested: str | None) -> None:
+    """reconcileArtifact() stores it (ArtifactInStorage "stored artifact for revision '...'"); the summary makes Ready
+    True from it and runtime/reconcile ResultFinalizer.Finalize drops Reconciling on success."""
     message = f"stored artifact for revision '{artifact['revision']}'"
     status["artifact"] = copy.deepcopy(artifact)
     delete_condition(status, FETCH_FAILED)
+    delete_condition(status, ARTIFACT_OUTDATED)  # reconcileArtifact()'s deferred clean-up once the revision is stored
     delete_condition(status, RECONCILING)
     delete_condition(status, STALLED)
     set_condition(status, ARTIFACT_IN_STORAGE, "True", "Succeeded", message, generation)

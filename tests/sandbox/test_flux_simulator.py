@@ -267,6 +267,146 @@ def test_reconcile_delay_shows_progress_first(git_server: GitServer) -> None:
         wait_ready(kube, FLUX_KUSTOMIZE, "slow", "slow")
 
 
+def _push_and_request(kube: Kube, git_server: GitServer, name: str, token: str) -> str:
+    """A second commit (replicas: 2) and a reconcile request on the GitRepository, as `flux reconcile` does."""
+    tree = dict(GOOD_TREE)
+    tree["k8s/base/deployment.yaml"] = DEPLOYMENT.replace("replicas: 1", "replicas: 2")
+    sha = git_server.commit(name, tree)
+    kube.patch(FLUX_SOURCE, name, name, {"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": token}}})
+    return sha
+
+
+def test_a_slow_fetch_keeps_the_old_artifact_ready_while_reconciling(kube: Kube, git_server: GitServer) -> None:
+    """source-controller keeps Ready=True for the stored artifact while it fetches; only a new revision changes it."""
+    old = f"main@sha1:{git_server.commit('slowfetch', GOOD_TREE)}"
+    provision(kube, "slowfetch", git_server.url("slowfetch"))
+    wait_ready(kube, FLUX_KUSTOMIZE, "slowfetch", "slowfetch")
+    delay = 1.5
+    kube.cluster.flux.delay_fetch("slowfetch", delay)
+    requested_at = time.monotonic()
+    new = f"main@sha1:{_push_and_request(kube, git_server, 'slowfetch', '2025-02-01T00:00:00Z')}"
+
+    def fetching() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        ks = kube.get(FLUX_KUSTOMIZE, "slowfetch", "slowfetch")  # read first: the source below is no newer
+        source = kube.get(FLUX_SOURCE, "slowfetch", "slowfetch")
+        reconciling = condition(source, "Reconciling")
+        if source["status"]["artifact"]["revision"] == old and reconciling and reconciling["status"] == "True":
+            return source, ks
+        return None
+
+    source, ks = wait_for(fetching, what="the GitRepository reconciling at its old artifact")
+    ready, reconciling = condition(source, "Ready"), condition(source, "Reconciling")
+    assert ready is not None and reconciling is not None
+    assert (ready["status"], ready["reason"], ready["message"]) == (
+        "True", "Succeeded", f"stored artifact for revision '{old}'")
+    assert (reconciling["reason"], reconciling["message"]) == ("Progressing", "reconciliation in progress")
+    assert condition(source, "ArtifactOutdated") is None
+    assert "lastHandledReconcileAt" not in source["status"]  # written when the reconcile ends
+    assert ks["status"]["lastAppliedRevision"] == old
+    assert condition(ks, "Ready")["status"] == "True"  # type: ignore[index]
+
+    def stored() -> dict[str, Any] | None:
+        obj = kube.get(FLUX_SOURCE, "slowfetch", "slowfetch")
+        return obj if obj["status"]["artifact"]["revision"] == new else None
+
+    source = wait_for(stored, what="the new artifact")
+    assert time.monotonic() - requested_at >= delay
+    ready = condition(source, "Ready")
+    assert ready is not None and (ready["status"], ready["message"]) == (
+        "True", f"stored artifact for revision '{new}'")
+    assert condition(source, "Reconciling") is None and condition(source, "ArtifactOutdated") is None
+    assert source["status"]["lastHandledReconcileAt"] == "2025-02-01T00:00:00Z"
+
+    def applied() -> dict[str, Any] | None:
+        obj = kube.get(FLUX_KUSTOMIZE, "slowfetch", "slowfetch")
+        return obj if obj["status"].get("lastAppliedRevision") == new and condition(obj, "Reconciling") is None \
+            else None
+
+    ks = wait_for(applied, what="the new revision applied")
+    assert condition(ks, "Ready")["message"] == f"Applied revision: {new}"  # type: ignore[index]
+    source = kube.get(FLUX_SOURCE, "slowfetch", "slowfetch")
+    # One cluster-wide resourceVersion counter: the artifact was stored before the Kustomization applied it.
+    assert int(source["metadata"]["resourceVersion"]) < int(ks["metadata"]["resourceVersion"])
+
+
+def test_a_new_revision_marks_the_artifact_outdated(git_server: GitServer) -> None:
+    """Once the checkout finds a new revision: ArtifactOutdated=True NewRevision and Ready=Unknown until stored."""
+    old = f"main@sha1:{git_server.commit('outdated', GOOD_TREE)}"
+    with SandboxCluster(flux=FluxSimulatorConfig(reconcile_delay=0.6, source_retry_interval=0.2)) as cluster:
+        kube = Kube.connect(cluster)
+        provision(kube, "outdated", git_server.url("outdated"))
+        wait_ready(kube, FLUX_KUSTOMIZE, "outdated", "outdated")
+        new = f"main@sha1:{_push_and_request(kube, git_server, 'outdated', '2025-02-02T00:00:00Z')}"
+
+        source = wait_ready(kube, FLUX_SOURCE, "outdated", "outdated", status="Unknown", reason="Progressing",
+                            message="building artifact: new upstream revision")
+        building = f"building artifact: new upstream revision '{new}'"
+        assert condition(source, "Ready")["message"] == building  # type: ignore[index]
+        assert condition(source, "Reconciling")["message"] == building  # type: ignore[index]
+        outdated = condition(source, "ArtifactOutdated")
+        assert outdated is not None and (outdated["status"], outdated["reason"], outdated["message"]) == (
+            "True", "NewRevision", f"new upstream revision '{new}'")
+        assert source["status"]["artifact"]["revision"] == old
+        assert kube.get(FLUX_KUSTOMIZE, "outdated", "outdated")["status"]["lastAppliedRevision"] == old
+
+        source = wait_ready(kube, FLUX_SOURCE, "outdated", "outdated", message=f"stored artifact for revision '{new}'")
+        assert condition(source, "ArtifactOutdated") is None and condition(source, "Reconciling") is None
+        ks = wait_ready(kube, FLUX_KUSTOMIZE, "outdated", "outdated", message=f"Applied revision: {new}")
+        assert ks["status"]["lastAppliedRevision"] == new
+
+
+def test_a_reconcile_request_with_nothing_new_keeps_ready_true(git_server: GitServer) -> None:
+    revision = f"main@sha1:{git_server.commit('samerev', GOOD_TREE)}"
+    with SandboxCluster(flux=FluxSimulatorConfig(reconcile_delay=0.6, source_retry_interval=0.2)) as cluster:
+        kube = Kube.connect(cluster)
+        provision(kube, "samerev", git_server.url("samerev"))
+        wait_ready(kube, FLUX_KUSTOMIZE, "samerev", "samerev")
+        token = "2025-02-03T00:00:00Z"
+        kube.patch(FLUX_SOURCE, "samerev", "samerev",
+                   {"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": token}}})
+        seen: list[tuple[str, str | None]] = []
+
+        def handled() -> dict[str, Any] | None:
+            obj = kube.get(FLUX_SOURCE, "samerev", "samerev")
+            ready, reconciling = condition(obj, "Ready"), condition(obj, "Reconciling")
+            assert ready is not None
+            seen.append((str(ready["status"]), str(reconciling["message"]) if reconciling else None))
+            return obj if obj["status"].get("lastHandledReconcileAt") == token else None
+
+        source = wait_for(handled, what="the reconcile request handled")
+        assert ("True", "reconciliation in progress") in seen
+        assert {ready for ready, _ in seen} == {"True"}
+        assert source["status"]["artifact"]["revision"] == revision
+        assert condition(source, "Reconciling") is None and condition(source, "ArtifactOutdated") is None
+
+
+def test_first_fetch_is_building_artifact_and_a_fetch_delay_holds_no_worker(git_server: GitServer) -> None:
+    """No artifact yet: Ready=Unknown "building artifact" while fetching; the delay is a requeue, not a sleep."""
+    git_server.commit("firstslow", GOOD_TREE)
+    fast = f"main@sha1:{git_server.commit('firstfast', GOOD_TREE)}"
+    with SandboxCluster(flux=FluxSimulatorConfig(workers=1, source_retry_interval=0.2)) as cluster:
+        kube = Kube.connect(cluster)
+        cluster.flux.delay_fetch("firstslow", 600)
+        provision(kube, "firstslow", git_server.url("firstslow"))
+        source = wait_ready(kube, FLUX_SOURCE, "firstslow", "firstslow", status="Unknown", reason="Progressing")
+        reconciling = condition(source, "Reconciling")
+        assert condition(source, "Ready")["message"] == "building artifact"  # type: ignore[index]
+        assert reconciling is not None and (reconciling["status"], reconciling["message"]) == (
+            "True", "building artifact")
+        assert "artifact" not in source["status"] and condition(source, "ArtifactOutdated") is None
+
+        # The only worker is free: another namespace (no delay) is fetched and applied meanwhile.
+        provision(kube, "firstfast", git_server.url("firstfast"))
+        ks = wait_ready(kube, FLUX_KUSTOMIZE, "firstfast", "firstfast")
+        assert ks["status"]["lastAppliedRevision"] == fast
+        assert "artifact" not in kube.get(FLUX_SOURCE, "firstslow", "firstslow")["status"]
+
+        cluster.flux.clear_fetch_delay("firstslow")
+        source = wait_ready(kube, FLUX_SOURCE, "firstslow", "firstslow")
+        assert condition(source, "Reconciling") is None
+        wait_ready(kube, FLUX_KUSTOMIZE, "firstslow", "firstslow")
+
+
 def test_deletion_removes_finalizers_and_lets_the_namespace_go(kube: Kube, git_server: GitServer) -> None:
     git_server.commit("gone", GOOD_TREE)
     provision(kube, "gone", git_server.url("gone"))
