@@ -25,7 +25,6 @@ from activities.flux import FluxActivities
 from activities.git import GitActivities
 from activities.records import RecordActivities
 from activities.template import TemplateActivities
-from activities.temporal_runs import TemporalRunActivities
 from provisioner.db.engine import migrate
 from provisioner.heartbeat import AutoHeartbeatInterceptor
 from provisioner.settings import Settings
@@ -33,10 +32,16 @@ from provisioner.telemetry import AWAITING_READY_RUNS, build_runtime, configure_
 from provisioner.temporal import connect
 from workflows.project_init import ProjectInitWorkflow
 from workflows.project_teardown import ProjectTeardownWorkflow
+from workflows.project_update import ProjectPreviewWorkflow, ProjectUpdateWorkflow
 
 log = logging.getLogger("provisioner.worker")
 
-WORKFLOWS: Sequence[type] = [ProjectInitWorkflow, ProjectTeardownWorkflow]
+WORKFLOWS: Sequence[type] = [
+    ProjectInitWorkflow,
+    ProjectUpdateWorkflow,
+    ProjectPreviewWorkflow,
+    ProjectTeardownWorkflow,
+]
 # The worker runs the workflows outside Temporal's sandbox: the sandbox re-imports the workflow module for every run
 # it keeps cached, 60-100 kB of RSS per run, and a waiting fleet of 1,000 keeps 1,000 runs cached (bench/README.md).
 # The sandbox still guards determinism where it costs nothing at run time: the workflow tests and the replay of
@@ -49,24 +54,24 @@ DETERMINISM_GUARD_RUNNER = SandboxedWorkflowRunner(
 )
 
 
-def build_activities(settings: Settings, client: Client) -> list[Callable[..., Any]]:
+def build_activities(settings: Settings) -> list[Callable[..., Any]]:
     templates = TemplateActivities(settings.templates_dir)
     git = GitActivities(settings)
     records = RecordActivities(settings.effective_database_url)
     flux = FluxActivities(settings)
-    runs = TemporalRunActivities(client)
     return [
         templates.validate_template,
         git.create_repository,
         git.push_template,
+        git.preview_push,
         git.delete_repository,
+        records.read_project_record,
         records.upsert_project_record,
         records.mark_project_record,
         flux.apply_flux_resources,
         flux.check_flux_readiness,
         flux.delete_flux_resources,
         flux.check_flux_deletion,
-        runs.describe_provisioning_run,
     ]
 
 
@@ -81,7 +86,7 @@ def build_worker(
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
         workflow_runner=WORKFLOW_RUNNER,
-        activities=build_activities(settings, client),
+        activities=build_activities(settings),
         activity_executor=executor,
         # One slot per thread: a slot without a thread would queue activities inside the worker, invisibly.
         max_concurrent_activities=settings.activity_threads,

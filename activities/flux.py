@@ -5,7 +5,8 @@ namespace, built here from the worker's own settings, and the GitRepository name
 activity's result names the Secret and carries none of its data.
 
 Everything goes through server-side apply with one field manager, so applying the same desired state twice is a
-no-op on the server (no new resourceVersion). Readiness is judged the way the flux CLI does.
+no-op on the server (no new resourceVersion). Readiness is judged the way the flux CLI does, and only for exactly
+the revision the run pushed and the reconcile request its apply wrote.
 
 Deletion only touches objects labelled as this project's, with the read object's uid as a precondition (so an object
 recreated meanwhile is never deleted unseen), and treats 404 as done. It only requests deletion: finalizers (Flux's
@@ -125,7 +126,7 @@ def git_credentials_manifest(spec: ProjectSpec, username: str, password: Secret)
 
 
 def git_repository_manifest(
-    spec: ProjectSpec, repository: RepositoryInfo, commit_sha: str, interval: str
+    spec: ProjectSpec, repository: RepositoryInfo, requested_at: str, interval: str
 ) -> dict[str, Any]:
     source_spec: dict[str, Any] = {
         "url": repository.clone_url,
@@ -142,14 +143,15 @@ def git_repository_manifest(
             "name": spec.slug,
             "namespace": spec.namespace,
             "labels": project_labels(spec.slug),
-            # Keyed to the commit: a new push asks Flux for an immediate reconcile, a re-run changes nothing.
-            "annotations": {REQUESTED_AT_ANNOTATION: commit_sha},
+            # The workflow's token for this apply (the same on the activity's retries, so they change nothing): a
+            # new value asks Flux for an immediate reconcile, and the Kustomization echoes it once handled.
+            "annotations": {REQUESTED_AT_ANNOTATION: requested_at},
         },
         "spec": source_spec,
     }
 
 
-def kustomization_manifest(spec: ProjectSpec, kustomize_path: str, commit_sha: str, interval: str) -> dict[str, Any]:
+def kustomization_manifest(spec: ProjectSpec, kustomize_path: str, requested_at: str, interval: str) -> dict[str, Any]:
     return {
         "apiVersion": f"{KUSTOMIZE_GROUP}/{KUSTOMIZE_VERSION}",
         "kind": "Kustomization",
@@ -157,7 +159,7 @@ def kustomization_manifest(spec: ProjectSpec, kustomize_path: str, commit_sha: s
             "name": spec.slug,
             "namespace": spec.namespace,
             "labels": project_labels(spec.slug),
-            "annotations": {REQUESTED_AT_ANNOTATION: commit_sha},
+            "annotations": {REQUESTED_AT_ANNOTATION: requested_at},
         },
         "spec": {
             "interval": interval,
@@ -171,45 +173,191 @@ def kustomization_manifest(spec: ProjectSpec, kustomize_path: str, commit_sha: s
     }
 
 
-def judge_object(kind: str, obj: Mapping[str, Any]) -> ObjectReadiness:
-    """kstatus as the flux CLI applies it: only a Ready condition that describes the current generation counts."""
-    metadata = obj.get("metadata", {})
-    name = metadata.get("name", "")
+# ---- Readiness -----------------------------------------------------------------------------------------------
+#
+# Revision-exact readiness: Ready=True at the current generation is not enough, since it may describe an older
+# revision (the upstream source each rule mirrors is cited where it is checked). The run waits for the revision it
+# pushed (ReadinessRequest.revision) and the requestedAt token its apply wrote (ReadinessRequest.requested_at).
+#
+# Reasons this module reports besides Flux's own (GitOperationFailed, ArtifactFailed, BuildFailed, Progressing, the
+# Stalled reasons... are passed through as Flux wrote them):
+#   NotFound                     the object does not exist (yet)                                       IN_PROGRESS
+#   Pending                      no status condition at all: no controller has written a status yet    IN_PROGRESS
+#   Terminating                  metadata.deletionTimestamp is set (kstatus's TerminatingStatus)       IN_PROGRESS
+#   Suspended                    spec.suspend: Flux reconciles nothing until it is resumed             FAILED
+#   LatestGenerationNotObserved  status.observedGeneration or the Ready condition's observedGeneration
+#                                is not metadata.generation (kstatus's reason for the same check)      IN_PROGRESS
+#   ArtifactOutdated             the GitRepository's status.artifact.revision is not the pushed one
+#                                (source-controller's own condition for "a new revision is found")    IN_PROGRESS
+#   RevisionNotApplied           the Kustomization's status.lastAppliedRevision is not the pushed one  IN_PROGRESS
+#   ReconcileRequestNotHandled   the Kustomization's status.lastHandledReconcileAt is not this apply's
+#                                requestedAt token                                                     IN_PROGRESS
+
+READY_CONDITION, RECONCILING_CONDITION, STALLED_CONDITION = "Ready", "Reconciling", "Stalled"
+# How an operator resumes a suspended object (flux2 cmd/flux resume_source_git.go, resume_kustomization.go).
+RESUME_COMMANDS = {"GitRepository": "flux resume source git", "Kustomization": "flux resume kustomization"}
+SUSPENDED_CONTROLLERS = {"GitRepository": "source-controller fetches", "Kustomization": "kustomize-controller applies"}
+
+
+def judge_object(kind: str, obj: Mapping[str, Any], request: ReadinessRequest) -> ObjectReadiness:
+    """Whether one Flux object (a GitRepository or a Kustomization) is Ready for exactly `request.revision`.
+
+    Generic rules first, in kstatus's order, then the revision-exact ones. `message` is Flux's own when Flux's
+    condition explains the state; the report prefixes it with `Kind/name`."""
+    metadata = obj.get("metadata") or {}
+    name = str(metadata.get("name") or request.name)
+    spec = obj.get("spec") or {}
     status = obj.get("status") or {}
-    conditions = {c.get("type"): c for c in status.get("conditions") or []}
-    ready = conditions.get("Ready")
+    conditions = _conditions(status)
+    ready = conditions.get(READY_CONDITION)
+    generation = metadata.get("generation")
 
     def result(state: ReadinessState, reason: str, message: str) -> ObjectReadiness:
         return ObjectReadiness(kind=kind, name=name, state=state, reason=reason, message=message)
 
+    # kstatus pkg/kstatus/status/generic.go checkGenericProperties: deletionTimestamp -> Terminating, before anything
+    # else (both controllers' Reconcile also handle deletion before looking at spec.suspend).
     if metadata.get("deletionTimestamp"):
-        return result(ReadinessState.IN_PROGRESS, "Terminating", f"{kind} is being deleted")
-    generation = metadata.get("generation")
-    if (status.get("observedGeneration") or 0) < 1 or ready is None:
-        return result(ReadinessState.IN_PROGRESS, "Pending", f"{kind} has not been reconciled yet")
-    if ready.get("observedGeneration") != generation or status.get("observedGeneration") != generation:
-        return result(ReadinessState.IN_PROGRESS, "Progressing", f"{kind} generation {generation} not yet observed")
-    stalled = conditions.get("Stalled")
-    if stalled is not None and stalled.get("status") == "True":
-        return result(ReadinessState.FAILED, stalled.get("reason", "Stalled"), stalled.get("message", ""))
-    if ready.get("status") == "True":
-        return result(ReadinessState.READY, ready.get("reason", "Succeeded"), ready.get("message", ""))
-    reconciling = conditions.get("Reconciling")
-    if reconciling is not None and reconciling.get("status") == "True":
-        return result(ReadinessState.IN_PROGRESS, reconciling.get("reason", "Progressing"), ready.get("message", ""))
-    # Ready=False or Unknown (e.g. ArtifactFailed while the source catches up) is transient until the deadline.
-    return result(ReadinessState.IN_PROGRESS, ready.get("reason", "Unknown"), ready.get("message", ""))
+        return result(ReadinessState.IN_PROGRESS, "Terminating", f"being deleted since {metadata['deletionTimestamp']}")
+    # flux2 cmd/flux/reconcile.go reconcileCommand.run: "resource is suspended" is refused at once; the controllers'
+    # Reconcile (source-controller gitrepository_controller.go, kustomize-controller kustomization_controller.go)
+    # return before reconciling, leaving Ready as it was, possibly True at an old revision for ever.
+    if spec.get("suspend") is True:
+        controller = SUSPENDED_CONTROLLERS.get(kind, "Flux reconciles")
+        namespace = metadata.get("namespace") or request.namespace
+        resume = f"{RESUME_COMMANDS.get(kind, 'flux resume')} {name} -n {namespace}"
+        message = f"suspended (spec.suspend: true): {controller} nothing until it is resumed: {resume}"
+        return result(ReadinessState.FAILED, "Suspended", message)
+    observed = status.get("observedGeneration")
+    # kstatus checkGenericProperties: Stalled=True -> Failed. Checked before the first success too: kustomize-controller
+    # (Reconcile, terminal errors) and source-controller (runtime/reconcile AddPatchOptions) stall with the
+    # generation observed. A Stalled condition about an older generation describes a spec that has changed since
+    # (kstatus checkGeneration comes first); a condition without observedGeneration falls back to the status's
+    # (flux2 readiness.go isObjectReady does the same for Ready).
+    stalled = conditions.get(STALLED_CONDITION)
+    stalled_generation = (stalled or {}).get("observedGeneration") or observed
+    if stalled is not None and stalled.get("status") == "True" and stalled_generation == generation:
+        reason, message = str(stalled.get("reason") or "Stalled"), str(stalled.get("message", ""))
+        return result(ReadinessState.FAILED, reason, message)
+    # flux2 cmd/flux/readiness.go isObjectReady: "Object not reconciled yet" (observedGeneration < 1), and no Ready
+    # condition is not ready either. Before the first success Ready already carries Flux's reason
+    # (GitOperationFailed, ArtifactFailed, BuildFailed...): report it; "Pending" only when there is no condition.
+    if not isinstance(observed, int) or observed < 1 or ready is None:
+        explained = _explanation(conditions)
+        if explained is None:
+            return result(ReadinessState.IN_PROGRESS, "Pending", "not reconciled yet: no status condition")
+        return result(ReadinessState.IN_PROGRESS, *explained)
+    # flux2 readiness.go isObjectReady (the Ready condition's observedGeneration) and kstatus generic.go
+    # checkGeneration (status.observedGeneration): both must be the current generation.
+    if observed != generation or ready.get("observedGeneration") != generation:
+        if ready.get("observedGeneration") == generation and ready.get("status") == "False":
+            # The new generation was attempted and failed: status.observedGeneration moves only on success
+            # (kustomize-controller finalizeStatus; runtime/reconcile AddPatchOptions), Ready says why.
+            reason, message = str(ready.get("reason") or "NotReady"), str(ready.get("message", ""))
+            return result(ReadinessState.IN_PROGRESS, reason, message)
+        return result(
+            ReadinessState.IN_PROGRESS,
+            "LatestGenerationNotObserved",
+            f"generation {generation} not yet observed (status.observedGeneration {observed}, "
+            f"Ready condition's observedGeneration {ready.get('observedGeneration')})",
+        )
+    # Ready=False at the current generation: Flux's reason says why (e.g. GitOperationFailed with an old artifact kept).
+    if ready.get("status") == "False":
+        return result(ReadinessState.IN_PROGRESS, str(ready.get("reason") or "NotReady"), str(ready.get("message", "")))
+    reconciling = conditions.get(RECONCILING_CONDITION)
+    reconciling_now = reconciling is not None and reconciling.get("status") == "True"
+    outdated = _revision_gap(kind, status, request.revision)
+    if outdated is not None:
+        reason, message = outdated
+        if reconciling_now and reconciling is not None and reconciling.get("message"):
+            message += f" ({reconciling['message']})"
+        return result(ReadinessState.IN_PROGRESS, reason, message)
+    # kstatus checkGenericProperties: Reconciling=True -> InProgress. source-controller's reconcile() sets it
+    # (runtime/reconcile ProgressiveStatus with drift=false) while Ready stays True for the stored artifact.
+    if reconciling_now and reconciling is not None:
+        return result(
+            ReadinessState.IN_PROGRESS,
+            str(reconciling.get("reason") or "Progressing"),
+            str(reconciling.get("message", "")),
+        )
+    if ready.get("status") != "True":
+        return result(ReadinessState.IN_PROGRESS, str(ready.get("reason") or "Unknown"), str(ready.get("message", "")))
+    # kustomize-controller kustomization_controller.go finalizeStatus writes lastHandledReconcileAt = the requestedAt
+    # annotation after every reconcile; flux2 reconcile.go reconciliationHandled waits on it. Checked last: it is
+    # written even when the artifact applied was an old one, so it is necessary, not sufficient.
+    if kind == "Kustomization":
+        handled = status.get("lastHandledReconcileAt") or ""  # absent: no requestedAt annotation was ever handled
+        if handled != request.requested_at:
+            last = f"last handled: {handled!r}" if handled else "none handled yet"
+            message = f"has not yet handled the reconcile request {request.requested_at!r} ({last})"
+            return result(ReadinessState.IN_PROGRESS, "ReconcileRequestNotHandled", message)
+    return result(ReadinessState.READY, str(ready.get("reason") or "Succeeded"), str(ready.get("message", "")))
 
 
-def summarize(objects: list[ObjectReadiness], revision: str) -> ReadinessReport:
+def _conditions(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    conditions = status.get("conditions") or []
+    return {str(c.get("type")): c for c in conditions if isinstance(c, Mapping)}
+
+
+def _explanation(conditions: Mapping[str, Mapping[str, Any]]) -> tuple[str, str] | None:
+    """(reason, message) of the condition that says why an object is not Ready yet: Ready=False, else Reconciling,
+    else Ready, else any condition; None when there is no condition at all."""
+    ready = conditions.get(READY_CONDITION)
+    reconciling = conditions.get(RECONCILING_CONDITION)
+    if ready is not None and ready.get("status") == "False":
+        chosen = ready
+    elif reconciling is not None and reconciling.get("status") == "True":
+        chosen = reconciling
+    elif ready is not None:
+        chosen = ready
+    elif conditions:
+        chosen = next(iter(conditions.values()))
+    else:
+        return None
+    return str(chosen.get("reason") or chosen.get("type") or "Unknown"), str(chosen.get("message", ""))
+
+
+def _revision_gap(kind: str, status: Mapping[str, Any], expected: str) -> tuple[str, str] | None:
+    """(reason, message) when the object holds another revision than `expected`, else None."""
+    if kind == "GitRepository":
+        # source-controller gitrepository_controller.go reconcileArtifact: status.artifact.revision is what it stored;
+        # reconcileSource marks ArtifactOutdated=True ("new upstream revision") only once it found a newer one.
+        current = str((status.get("artifact") or {}).get("revision") or "")
+        if current == expected:
+            return None
+        held = f"artifact {current} is stored" if current else "no artifact stored yet"
+        return "ArtifactOutdated", f"{held}; waiting for {expected}"
+    # kustomize-controller kustomization_controller.go reconcile: lastAppliedRevision is set only after a successful
+    # apply (and health checks), and stays at the old revision until the Kustomization is requeued.
+    current = str(status.get("lastAppliedRevision") or "")
+    if current == expected:
+        return None
+    held = f"applied {current}" if current else "applied nothing yet"
+    return "RevisionNotApplied", f"{held}; waiting for {expected}"
+
+
+def summarize(objects: list[ObjectReadiness], revision: str, expected_revision: str) -> ReadinessReport:
+    """One report: the first FAILED object, else the first one in progress, else Ready with the Kustomization's
+    reason and message. `revision` is the Kustomization's lastAppliedRevision, `expected_revision` the pushed one."""
+
+    def report(state: ReadinessState, reason: str, message: str) -> ReadinessReport:
+        return ReadinessReport(state, reason, message, objects, revision, expected_revision)
+
     for state in (ReadinessState.FAILED, ReadinessState.IN_PROGRESS):
         for item in objects:
             if item.state is state:
-                return ReadinessReport(
-                    state, item.reason, f"{item.kind}/{item.name}: {item.message}", objects, revision
-                )
-    kustomization = objects[-1]
-    return ReadinessReport(ReadinessState.READY, kustomization.reason, kustomization.message, objects, revision)
+                return report(state, item.reason, f"{item.kind}/{item.name}: {item.message}")
+    kustomization = next((item for item in objects if item.kind == "Kustomization"), None)
+    if kustomization is None:
+        return report(ReadinessState.IN_PROGRESS, "NotFound", "no Kustomization was judged")
+    if revision != expected_revision:  # judge_object already says so; the report's contract must hold regardless
+        applied = revision or "nothing yet"
+        return report(
+            ReadinessState.IN_PROGRESS,
+            "RevisionNotApplied",
+            f"{kustomization.kind}/{kustomization.name}: applied {applied}; waiting for {expected_revision}",
+        )
+    return report(ReadinessState.READY, kustomization.reason, kustomization.message)
 
 
 class FluxActivities:
@@ -253,10 +401,10 @@ class FluxActivities:
                 # Before the GitRepository, so source-controller finds it on its first reconcile.
                 objects.append(_ref(self._apply(credentials)))
             objects.append(
-                _ref(self._apply(git_repository_manifest(spec, request.repository, request.commit_sha, interval)))
+                _ref(self._apply(git_repository_manifest(spec, request.repository, request.requested_at, interval)))
             )
             objects.append(
-                _ref(self._apply(kustomization_manifest(spec, request.kustomize_path, request.commit_sha, interval)))
+                _ref(self._apply(kustomization_manifest(spec, request.kustomize_path, request.requested_at, interval)))
             )
         activity.logger.info("applied %s", ", ".join(f"{o.kind}/{o.name}@{o.resource_version}" for o in objects))
         return FluxApplyResult(namespace=spec.namespace, objects=objects)
@@ -331,9 +479,11 @@ class FluxActivities:
 
     @activity.defn(name="check_flux_readiness")
     def check_flux_readiness(self, request: ReadinessRequest) -> ReadinessReport:
+        """Judge the GitRepository and the Kustomization against the revision and the requestedAt token this run
+        waits for (read-only)."""
         custom = kube.CustomObjectsApi(self._client())
         judged: list[ObjectReadiness] = []
-        revision = ""
+        applied_revision = ""
         for kind, group, version, plural in (
             ("GitRepository", SOURCE_GROUP, SOURCE_VERSION, GIT_REPOSITORIES),
             ("Kustomization", KUSTOMIZE_GROUP, KUSTOMIZE_VERSION, KUSTOMIZATIONS),
@@ -349,9 +499,10 @@ class FluxActivities:
                     ObjectReadiness(kind, request.name, ReadinessState.IN_PROGRESS, "NotFound", f"{kind} not found")
                 )
                 continue
-            judged.append(judge_object(kind, obj))
-            revision = (obj.get("status") or {}).get("lastAppliedRevision", revision) or revision
-        return summarize(judged, revision)
+            judged.append(judge_object(kind, obj, request))
+            if kind == "Kustomization":
+                applied_revision = str((obj.get("status") or {}).get("lastAppliedRevision") or "")
+        return summarize(judged, applied_revision, request.revision)
 
     @activity.defn(name="delete_flux_resources")
     def delete_flux_resources(self, request: FluxDeletionRequest) -> FluxDeletionResult:

@@ -55,6 +55,7 @@ from provisioner.contracts import (
     RepositoryDeletionRequest,
     RepositoryDeletionResult,
     RepositoryInfo,
+    UpdatePreview,
 )
 from provisioner.settings import Settings
 from provisioner.templating import RenderedTree, TemplateError, render_project
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 
 MARKER_SECTION = (MANAGED_BY.encode(),)  # `[provisioner]` in the bare repository's config
 MAX_PUSH_ATTEMPTS = 5
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's well-known empty tree: a branch with no commit yet
 GIT_COMMAND_TIMEOUT_SECONDS = 300.0
 # Abort transfers that crawl below 1 KB/s for a minute instead of hanging the activity.
 LOW_SPEED_LIMIT_BYTES, LOW_SPEED_TIME_SECONDS = 1000, 60
@@ -118,6 +120,10 @@ class RepositoryProvider(Protocol):
         """Create the project's repository, or return it when it already exists for this project."""
         ...
 
+    def find_repository(self, slug: str) -> RepositoryInfo | None:
+        """The project's existing repository, or None; never creates one. Someone else's is a RepositoryConflict."""
+        ...
+
     def push_url(self, repository: RepositoryInfo) -> str:
         """The URL to push to; may embed credentials, so it is never logged nor returned from an activity."""
         ...
@@ -150,6 +156,14 @@ class LocalRepositoryProvider:
         else:
             branch = self._check_owned_by(path, slug)
         return RepositoryInfo(name=slug, clone_url=self._url(slug), default_branch=branch, created=created)
+
+    def find_repository(self, slug: str) -> RepositoryInfo | None:
+        check_repository_name(slug)
+        path = self.repository_path(slug)
+        if not os.path.lexists(path):
+            return None
+        branch = self._check_owned_by(path, slug)
+        return RepositoryInfo(name=slug, clone_url=self._url(slug), default_branch=branch, created=False)
 
     def delete_repository(self, slug: str) -> bool:
         check_repository_name(slug)
@@ -424,6 +438,39 @@ class GitActivities:
         raise GitOperationError(
             f"branch {branch!r} of repository {request.repository.name!r} kept moving; "
             f"gave up after {MAX_PUSH_ATTEMPTS} attempts"
+        )
+
+    @activity.defn(name="preview_push")
+    def preview_push(self, spec: ProjectSpec) -> UpdatePreview:
+        """What `push_template` of `spec` would change: the unified diff of the rendered tree against the branch
+        head. Writes nothing anywhere (the rendered objects go only into a scratch clone)."""
+        repository = self._provider.find_repository(spec.slug)
+        if repository is None:
+            raise ApplicationError(
+                f"project {spec.slug!r} has no repository to compare with",
+                type=ErrorType.NO_SUCH_PROJECT.value,
+                non_retryable=True,
+            )
+        tree = self._rendered(spec)
+        remote = _Remote.from_push_url(self._provider.push_url(repository))
+        env = _git_environment(self._settings, remote)
+        with tempfile.TemporaryDirectory(prefix="provisioner-preview-") as scratch:
+            workdir = Path(scratch) / "clone"
+            _GitRunner(Path(scratch), env, remote.secrets)(
+                "clone", "--quiet", "--no-checkout", "--no-tags", "--", remote.url, str(workdir)
+            )
+            git = _GitRunner(workdir, env, remote.secrets)
+            head = _remote_head(git, repository.default_branch)
+            tree_id = _store_tree(workdir, tree)
+            base = f"{head}^{{tree}}" if head is not None else EMPTY_TREE
+            changed = git("diff-tree", "-r", "--name-only", "--no-commit-id", base, tree_id).splitlines()
+            diff = git("diff-tree", "-r", "-p", "--no-commit-id", "--src-prefix=a/", "--dst-prefix=b/", base, tree_id)
+        return UpdatePreview(
+            slug=spec.slug,
+            base_commit=head or "",
+            changed_files=[name for name in changed if name],
+            diff=diff + "\n" if diff else "",
+            spec=spec,
         )
 
     def _rendered(self, spec: ProjectSpec) -> RenderedTree:

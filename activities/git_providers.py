@@ -147,6 +147,14 @@ class _HostedProvider:
         self._check_owned_by(existing, slug)
         return self._info(existing, created=False)
 
+    def find_repository(self, slug: str) -> RepositoryInfo | None:
+        check_repository_name(slug)
+        existing = self._get(slug)
+        if existing is None:
+            return None
+        self._check_owned_by(existing, slug)
+        return self._info(existing, created=False)
+
     def delete_repository(self, slug: str) -> bool:
         check_repository_name(slug)
         existing = self._get(slug)

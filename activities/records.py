@@ -1,16 +1,15 @@
-"""The project record: the `upsert_project_record` activity and the read helpers over the `projects` table.
-
-The HTTP API and the CLI read projects through `get_project` / `list_projects`, which return plain
-dataclasses, never ORM objects.
-"""
+"""The project record's activities: read the live project (an update's start), write the record (a create claims
+the slug with its first write), mark it (teardown). The read side shared with the API and the CLI is
+provisioner/db/projects.py."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, or_, select, true
+from sqlalchemy import Connection, Engine, case, delete, func, or_, select, true
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
@@ -26,19 +25,21 @@ from provisioner.contracts import (
     SLUG_MIN_LENGTH,
     SLUG_PATTERN,
     ErrorType,
+    ProjectIdentity,
     ProjectRecordUpdate,
     ProjectStatus,
+    StoredProject,
 )
-from provisioner.db.engine import database_host, engine_for, session_factory
+from provisioner.db.engine import database_host, engine_for
 from provisioner.db.models import Project
+from provisioner.db.projects import get_project, project_view
 
 # `ApplicationError.type` of a record the database can never accept (not in `contracts.ErrorType` yet).
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
-
-# The optional fields of a `ProjectRecordUpdate`: an empty value means "unknown", never "clear it".
-_OPTIONAL_FIELDS = tuple(f.name for f in fields(ProjectRecordUpdate) if f.name not in ("slug", "status", "written_at"))
+# The optional text fields of a `ProjectRecordUpdate`: an empty value means "unknown", never "clear it".
+_OPTIONAL_FIELDS = tuple(
+    f.name for f in fields(ProjectRecordUpdate) if f.name not in ("slug", "status", "written_at", "parameters", "claim")
+)
 _SUMMARY_COLUMNS = (Project.slug, Project.status, Project.updated_at, Project.ready_at)
 
 
@@ -51,25 +52,6 @@ class ProjectRecordSummary:
     updated_at: datetime
     ready_at: datetime | None = None
     applied: bool = True  # False: the write was stale (older than the stored one) and changed nothing
-
-
-@dataclass(frozen=True)
-class ProjectView:
-    """One project record as plain data. Unknown text fields are "", unknown URL/commit/ready time are None."""
-
-    slug: str
-    display_name: str
-    template: str
-    environment: str
-    status: ProjectStatus
-    namespace: str
-    workflow_id: str
-    repo_url: str | None
-    commit_sha: str | None
-    last_message: str
-    created_at: datetime
-    updated_at: datetime
-    ready_at: datetime | None
 
 
 class RecordActivities:
@@ -92,6 +74,14 @@ class RecordActivities:
         summary = upsert_project(self.engine, update)
         self._log(summary)
         return summary
+
+    @activity.defn(name="read_project_record")
+    def read_project_record(self, slug: str) -> StoredProject | None:
+        """The live project an update starts from; None when there is none (never created, deleted, rolled back)."""
+        view = get_project(self._database_url, slug)
+        if view is None or not view.is_live:
+            return None
+        return StoredProject(slug=view.slug, status=view.status, identity=view.identity, commit_sha=view.commit_sha)
 
     @activity.defn(name="mark_project_record")
     def mark_project_record(self, update: ProjectRecordUpdate) -> ProjectRecordSummary | None:
@@ -130,6 +120,8 @@ def upsert_project(engine: Engine, update: ProjectRecordUpdate, *, now: datetime
     statement = _upsert_statement(engine.dialect.name, update, status, timestamp)
     try:
         with engine.begin() as connection:
+            if update.claim:
+                _claim(connection, update)
             row = connection.execute(statement).one_or_none()
             if row is None:  # the conflict's WHERE found the stored write newer
                 return _stale(connection.execute(_current(update.slug)).one())
@@ -138,13 +130,39 @@ def upsert_project(engine: Engine, update: ProjectRecordUpdate, *, now: datetime
     return _summary(row)
 
 
+def _claim(connection: Connection, update: ProjectRecordUpdate) -> None:
+    """A create takes the slug: refused while a live project of another identity holds it; a free record (deleted,
+    rolled back) goes, so nothing of the old project (its commit, revision, ready time) carries over."""
+    query = select(Project.__table__).where(Project.slug == update.slug).with_for_update()
+    stored = connection.execute(query).one_or_none()
+    if stored is None:
+        return
+    live = project_view(stored)
+    if not live.is_live:
+        connection.execute(delete(Project).where(Project.slug == update.slug))
+        return
+    wanted = ProjectIdentity(update.display_name, update.template, update.environment, dict(update.parameters or {}))
+    differences = live.differences(wanted)
+    if differences:
+        raise ApplicationError(
+            f"project {update.slug!r} already exists ({stored.status}) with another "
+            + ", ".join(differences)
+            + ": change it with an update, or delete it first",
+            {"fields": differences},
+            type=ErrorType.PROJECT_CONFLICT.value,
+            non_retryable=True,
+        )
+
+
 def update_project(
     engine: Engine, update: ProjectRecordUpdate, *, now: datetime | None = None
 ) -> ProjectRecordSummary | None:
     """Update the existing record of `update.slug` as `upsert_project` would; None, writing nothing, without one."""
     status = _checked_update(update)
     timestamp = now or datetime.now(UTC)
-    values: dict[str, Any] = {name: getattr(update, name) for name in _OPTIONAL_FIELDS if getattr(update, name)}
+    values: dict[str, Any] = _provided(update)
+    if "commit_sha" in values and "applied_revision" not in values:
+        values["applied_revision"] = _revision_kept_for(values["commit_sha"])
     values.update(status=status.value, updated_at=timestamp)
     if status is ProjectStatus.READY:
         values["ready_at"] = func.coalesce(Project.ready_at, timestamp)
@@ -165,6 +183,20 @@ def update_project(
     except (IntegrityError, DataError) as error:
         raise _invalid_record(update.slug, _database_reason(error)) from error
     return _summary(row)
+
+
+def _provided(update: ProjectRecordUpdate) -> dict[str, Any]:
+    """The columns `update` knows: its non-empty text fields, and the parameters as canonical JSON."""
+    values: dict[str, Any] = {name: getattr(update, name) for name in _OPTIONAL_FIELDS if getattr(update, name)}
+    if update.parameters is not None:
+        values["parameters"] = json.dumps(update.parameters, sort_keys=True, separators=(",", ":"))
+    return values
+
+
+def _revision_kept_for(commit_sha: Any) -> ColumnElement[Any]:
+    """A write of a commit without a revision keeps the stored revision only if it is of that same commit: the
+    record never pairs one commit with another commit's readiness."""
+    return case((Project.commit_sha == commit_sha, Project.applied_revision), else_=None)
 
 
 def _not_newer_than(written_at: datetime | None) -> ColumnElement[bool]:
@@ -188,30 +220,6 @@ def _stale(row: Any) -> ProjectRecordSummary:
     return replace(_summary(row), applied=False)
 
 
-def get_project(database_url: str, slug: str) -> ProjectView | None:
-    with session_factory(database_url)() as session:
-        project = session.scalars(select(Project).where(Project.slug == slug)).one_or_none()
-        return None if project is None else _view(project)
-
-
-def list_projects(
-    database_url: str,
-    status: ProjectStatus | str | None = None,
-    limit: int = DEFAULT_PAGE_SIZE,
-    offset: int = 0,
-) -> list[ProjectView]:
-    """Projects, newest first, optionally only those with `status`."""
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
-    if offset < 0:
-        raise ValueError("offset must not be negative")
-    query = select(Project).order_by(Project.created_at.desc(), Project.id.desc()).limit(limit).offset(offset)
-    if status is not None:
-        query = query.where(Project.status == ProjectStatus(status).value)
-    with session_factory(database_url)() as session:
-        return [_view(project) for project in session.scalars(query)]
-
-
 def _checked_update(update: ProjectRecordUpdate) -> ProjectStatus:
     """Reject, before touching the database, what no retry could ever store."""
     slug = update.slug
@@ -232,7 +240,7 @@ def _checked_update(update: ProjectRecordUpdate) -> ProjectStatus:
 
 
 def _upsert_statement(dialect: str, update: ProjectRecordUpdate, status: ProjectStatus, now: datetime) -> Insert:
-    provided = {name: getattr(update, name) for name in _OPTIONAL_FIELDS if getattr(update, name)}
+    provided = _provided(update)
     values = {
         **provided,
         "slug": update.slug,
@@ -260,13 +268,15 @@ def _upsert_statement(dialect: str, update: ProjectRecordUpdate, status: Project
 
 
 def _conflict_changes(
-    excluded: ReadOnlyColumnCollection[str, KeyedColumnElement[Any]], provided: dict[str, str]
+    excluded: ReadOnlyColumnCollection[str, KeyedColumnElement[Any]], provided: dict[str, Any]
 ) -> dict[str, ColumnElement[Any]]:
     """The SET clause when the slug exists: only what the update knows; created_at is never touched.
 
     `excluded` is the row that would have been inserted (SQL's EXCLUDED).
     """
     changes: dict[str, ColumnElement[Any]] = {name: excluded[name] for name in ("status", "updated_at", *provided)}
+    if "commit_sha" in provided and "applied_revision" not in provided:
+        changes["applied_revision"] = _revision_kept_for(excluded["commit_sha"])
     # The first ready time wins: keep the stored one, else take this update's (NULL unless it is ready).
     changes["ready_at"] = func.coalesce(Project.ready_at, excluded["ready_at"])
     changes["status_written_at"] = func.coalesce(excluded["status_written_at"], Project.status_written_at)
@@ -277,24 +287,6 @@ def _fresher(excluded: ReadOnlyColumnCollection[str, KeyedColumnElement[Any]]) -
     """The conflict's WHERE: apply unless the stored write is newer than this one."""
     incoming = excluded["status_written_at"]
     return or_(incoming.is_(None), Project.status_written_at.is_(None), Project.status_written_at <= incoming)
-
-
-def _view(project: Project) -> ProjectView:
-    return ProjectView(
-        slug=project.slug,
-        display_name=project.display_name or "",
-        template=project.template or "",
-        environment=project.environment or "",
-        status=ProjectStatus(project.status),
-        namespace=project.namespace or "",
-        workflow_id=project.workflow_id or "",
-        repo_url=project.repo_url,
-        commit_sha=project.commit_sha,
-        last_message=project.last_message or "",
-        created_at=project.created_at,
-        updated_at=project.updated_at,
-        ready_at=project.ready_at,
-    )
 
 
 def _database_reason(error: IntegrityError | DataError) -> str:

@@ -37,6 +37,7 @@ class TemplateActivities:
             file_count=len(tree.files),
             tree_digest=tree.digest,
             kustomize_path=tree.kustomize_path,
+            parameters=tree.parameters,
         )
 
 

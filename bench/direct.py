@@ -11,7 +11,6 @@ line with the batch's wall time, this process's CPU time over the batch, and eve
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -19,9 +18,9 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from bench.runs import DIRECT, ProvisionRun, spec_from_json
@@ -36,11 +35,10 @@ from provisioner.contracts import (
     ReadinessRequest,
     ReadinessState,
     StepName,
-    provisioning_workflow_id,
+    project_workflow_id,
     validate_spec,
 )
 from provisioner.settings import Settings
-from provisioner.temporal import connect
 from worker import build_activities
 from workflows.project_init import (
     APPLY_FLUX_RESOURCES,
@@ -52,6 +50,7 @@ from workflows.project_init import (
     STEP_POLICIES,
     UPSERT_PROJECT_RECORD,
     VALIDATE_TEMPLATE,
+    flux_revision,
     ready_poll_maximum_interval,
 )
 
@@ -74,8 +73,8 @@ class StepError(Exception):
 class DirectProvisioner:
     """Provisions projects by calling the activities in order, timing each step. Thread-safe like the worker."""
 
-    def __init__(self, settings: Settings, client: Client) -> None:
-        activities = {function.__name__: function for function in build_activities(settings, client)}
+    def __init__(self, settings: Settings) -> None:
+        activities = {function.__name__: function for function in build_activities(settings)}
         missing = set(ACTIVITY_NAMES) - set(activities)
         if missing:
             raise RuntimeError(f"worker.build_activities no longer provides {sorted(missing)}")
@@ -90,24 +89,35 @@ class DirectProvisioner:
             if errors:
                 raise StepError(StepName.VALIDATE_TEMPLATE, "; ".join(map(str, errors)))
             rendered = self._step(steps, StepName.VALIDATE_TEMPLATE, VALIDATE_TEMPLATE, spec)
+            record = _record(spec, ProjectStatus.PROVISIONING, "create started")
+            record.parameters, record.claim = dict(rendered.parameters), True
+            self._step(steps, StepName.PERSIST_RECORD, UPSERT_PROJECT_RECORD, record)
             repository = self._step(steps, StepName.CREATE_REPOSITORY, CREATE_REPOSITORY, spec)
             pushed = self._step(
                 steps, StepName.PUSH_TEMPLATE, PUSH_TEMPLATE, PushRequest(spec=spec, repository=repository)
             )
-            record = _record(spec, ProjectStatus.PROVISIONING, "template pushed; applying Flux resources")
-            record.repo_url, record.commit_sha = repository.clone_url, pushed.commit_sha
-            self._step(steps, StepName.PERSIST_RECORD, UPSERT_PROJECT_RECORD, record)
+            token = datetime.now(UTC).isoformat()
             apply = FluxApplyRequest(
-                spec=spec, repository=repository, commit_sha=pushed.commit_sha, kustomize_path=rendered.kustomize_path
+                spec=spec,
+                repository=repository,
+                commit_sha=pushed.commit_sha,
+                kustomize_path=rendered.kustomize_path,
+                requested_at=token,
             )
             self._step(steps, StepName.APPLY_FLUX_RESOURCES, APPLY_FLUX_RESOURCES, apply)
             status = ProjectStatus.PROVISIONED
             if spec.wait_for_ready:
                 wait_started = time.perf_counter()
-                report, checks = self._await_ready(spec)
+                report, checks = self._await_ready(spec, flux_revision(pushed), token)
                 steps[StepName.AWAIT_READY.value] = time.perf_counter() - wait_started
                 status = ProjectStatus.READY if report.state is ReadinessState.READY else ProjectStatus.NOT_READY
-            final = ProjectRecordUpdate(slug=spec.slug, status=status, last_message=f"direct: {status.value}")
+            final = ProjectRecordUpdate(
+                slug=spec.slug,
+                status=status,
+                repo_url=repository.clone_url,
+                commit_sha=pushed.commit_sha,
+                last_message=f"direct: {status.value}",
+            )
             self._step(steps, StepName.FINALIZE_RECORD, UPSERT_PROJECT_RECORD, final)
         except StepError as error:
             return ProvisionRun(spec.slug, DIRECT, "failed", time.perf_counter() - started, steps, checks, str(error))
@@ -136,12 +146,12 @@ class DirectProvisioner:
             steps[step.value] = time.perf_counter() - started
             return result
 
-    def _await_ready(self, spec: ProjectSpec) -> tuple[ReadinessReport, int]:
+    def _await_ready(self, spec: ProjectSpec, revision: str, token: str) -> tuple[ReadinessReport, int]:
         """The workflow's Ready loop, with a sleeping thread where the workflow has a durable timer."""
         deadline = time.monotonic() + spec.ready_timeout.total_seconds()
         interval = READY_POLL_INITIAL_INTERVAL.total_seconds()
         maximum_interval = ready_poll_maximum_interval(spec.ready_timeout).total_seconds()
-        request = ReadinessRequest(namespace=spec.namespace, name=spec.slug)
+        request = ReadinessRequest(namespace=spec.namespace, name=spec.slug, revision=revision, requested_at=token)
         check = 0
         while True:
             check += 1
@@ -168,7 +178,7 @@ def _record(spec: ProjectSpec, status: ProjectStatus, message: str) -> ProjectRe
         template=spec.template,
         environment=spec.environment,
         namespace=spec.namespace,
-        workflow_id=provisioning_workflow_id(spec.slug),
+        workflow_id=project_workflow_id(spec.slug),
         last_message=message,
     )
 
@@ -217,10 +227,7 @@ def run_job(provisioner: DirectProvisioner, job: dict[str, Any]) -> dict[str, An
 
 def serve(jobs: TextIO, results: TextIO) -> None:
     """One JSON job per input line, one JSON result per output line, until the input ends."""
-    settings = Settings.from_env()
-    # build_activities wants a Temporal client (for an activity this baseline never calls): connected, never used.
-    client = asyncio.run(connect(settings))
-    provisioner = DirectProvisioner(settings, client)
+    provisioner = DirectProvisioner(Settings.from_env())
     results.write(json.dumps({"ready": True}) + "\n")
     results.flush()
     for line in jobs:

@@ -25,7 +25,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from provisioner.client import ProvisionerClient
-from provisioner.contracts import TERMINAL_STATUSES, Progress, StepName, StepState, provisioning_workflow_id
+from provisioner.contracts import TERMINAL_STATUSES, Progress, StepName, StepState, project_workflow_id
 
 ACTIVITY_THREAD_PREFIX = "activity"
 BUSY_FRAME = "_WorkItem.run"
@@ -82,7 +82,7 @@ async def describe_pending_activities(client: Client, slugs: Iterable[str]) -> P
 
     async def describe(slug: str) -> None:
         async with gate:
-            description = await client.get_workflow_handle(provisioning_workflow_id(slug)).describe()
+            description = await client.get_workflow_handle(project_workflow_id(slug)).describe()
         report.runs_described += 1
         for pending in description.raw_description.pending_activities:
             name = pending.activity_type.name

@@ -34,7 +34,8 @@ from provisioner.contracts import (
     Progress,
     ProjectSpec,
     ProjectStatus,
-    provisioning_workflow_id,
+    ProjectUpdate,
+    project_workflow_id,
 )
 from provisioner.progress_view import render_progress
 from provisioner.settings import Settings
@@ -107,20 +108,32 @@ async def create_and_watch(pclient: ProvisionerClient, spec: ProjectSpec) -> Pro
         await pclient.start(spec)
     except (InvalidRequest, ProjectConflict) as error:
         raise CliError(str(error)) from None
-    progress = await _show_live(pclient.watch(spec.slug, stop_at=STOP_WATCHING_AT))
+    return await watch_operation(pclient, spec.slug)
+
+
+async def watch_operation(pclient: ProvisionerClient, slug: str) -> Progress:
+    """Show the project's running operation live until it ends or awaits an operator; a failure is an error."""
+    progress = await _show_live(pclient.watch(slug, stop_at=STOP_WATCHING_AT))
     if progress.status is ProjectStatus.AWAITING_DECISION:
         raise AwaitingDecision(
-            f"{progress.message}\ndecide with `provisioner retry {spec.slug}` or `provisioner abort {spec.slug}`"
+            f"{progress.message}\ndecide with `provisioner retry {slug}` or `provisioner abort {slug}`"
         )
     if progress.status is ProjectStatus.FAILED:
+        operation = progress.operation.value
         try:
-            await pclient.wait(spec.slug)
+            await pclient.wait(slug)
         except WorkflowFailureError as failure:
             cause = failure.cause
             reason = cause.message if isinstance(cause, ApplicationError) else str(cause)
-            raise CliError(f"provisioning {spec.slug} failed: {reason}") from None
-        raise CliError(f"provisioning {spec.slug} failed: {progress.message}")
+            raise CliError(f"{operation} of {slug} failed: {reason}") from None
+        raise CliError(f"{operation} of {slug} failed: {progress.message}")
     return progress
+
+
+def _report(slug: str, progress: Progress) -> None:
+    console.print(f"[bold]{slug}[/]: {progress.status.value}: {progress.message}", highlight=False)
+    if progress.status is ProjectStatus.NOT_READY:
+        sys.exit(3)
 
 
 def _spec_from_options(
@@ -214,22 +227,73 @@ async def create(
         delete_repository_on_abort=delete_repository_on_abort,
     )
     spec = _spec_from_options(slug, name, template, params, environment, wait, ready_timeout, policy)
-    progress = await create_and_watch(pclient, spec)
-    console.print(f"[bold]{slug}[/]: {progress.status.value}: {progress.message}")
-    if progress.status is ProjectStatus.NOT_READY:
-        sys.exit(3)
+    _report(slug, await create_and_watch(pclient, spec))
+
+
+@cli.command()
+@click.argument("slug")
+@click.option("--param", "-p", "params", multiple=True, help="Set a parameter name=value (repeatable; merged).")
+@click.option("--unset", "unset", multiple=True, help="Remove a parameter: its template default applies (repeatable).")
+@click.option("--environment", "-e", default=None, help="Move the project to another environment.")
+@click.option("--display-name", default=None, help="A new display name.")
+@click.option("--dry-run", is_flag=True, help="Print the rendered files' diff against the branch head; change nothing.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until Flux is Ready for the new commit.")
+@click.option(
+    "--ready-timeout",
+    type=float,
+    default=DEFAULT_READY_TIMEOUT.total_seconds(),
+    show_default=True,
+    help="Seconds to wait for Ready (max 1800).",
+)
+@async_command
+async def update(
+    slug: str,
+    params: tuple[str, ...],
+    unset: tuple[str, ...],
+    environment: str | None,
+    display_name: str | None,
+    dry_run: bool,
+    wait: bool,
+    ready_timeout: float,
+) -> None:
+    """Change SLUG: merge parameters, move it to another environment, rename it; push, apply and await Ready."""
+    from provisioner.client import InvalidRequest, NoSuchProject, ProjectConflict
+
+    pclient = await _configured_client()
+    change = ProjectUpdate(
+        slug=slug,
+        parameters=parse_parameters(params),
+        unset=list(unset),
+        environment=environment,
+        display_name=display_name,
+        wait_for_ready=wait,
+        ready_timeout=timedelta(seconds=ready_timeout),
+        dry_run=dry_run,
+    )
+    try:
+        if dry_run:
+            preview = await pclient.preview(change)
+            if not preview.changed_files:
+                console.print(f"[bold]{slug}[/]: nothing would change (branch head {preview.base_commit})")
+                return
+            click.echo(preview.diff, nl=False)
+            return
+        await pclient.update(change)
+    except (InvalidRequest, NoSuchProject, ProjectConflict) as error:
+        raise CliError(str(error)) from None
+    _report(slug, await watch_operation(pclient, slug))
 
 
 @cli.command()
 @click.argument("slug")
 @async_command
 async def status(slug: str) -> None:
-    """Show the progress of SLUG's provisioning run."""
+    """Show the progress of SLUG's latest operation (create, update or teardown) and the commit Flux applied."""
     pclient = await _configured_client()
     try:
         progress = await pclient.progress(slug)
     except Exception as error:
-        raise CliError(f"no provisioning run for {slug}: {error}") from None
+        raise CliError(f"no run for {slug}: {error}") from None
     console.print(render_progress(progress, datetime.now(UTC)))
 
 
@@ -237,7 +301,7 @@ async def _configured_client() -> ProvisionerClient:
     from provisioner.temporal import connect
 
     settings = Settings.from_env()
-    return ProvisionerClient(await connect(settings), settings.task_queue)
+    return ProvisionerClient.from_settings(await connect(settings), settings)
 
 
 @cli.command(name="list")
@@ -317,7 +381,7 @@ async def demo(slug: str, template: str, params: tuple[str, ...]) -> None:
     async with EmbeddedStack(settings, flux=FluxSimulatorConfig(reconcile_delay=1.0)) as stack:
         _print_urls(stack)
         assert stack.client is not None
-        pclient = ProvisionerClient(stack.client, stack.settings.task_queue)
+        pclient = ProvisionerClient.from_settings(stack.client, stack.settings)
         spec = _spec_from_options(
             slug, f"Demo {slug}", template, params, DEFAULT_ENVIRONMENT, True, 120.0, FailurePolicy()
         )
@@ -422,7 +486,7 @@ async def delete(slug: str, delete_repository: bool, timeout_seconds: float) -> 
         )
     except (InvalidRequest, ProjectConflict) as error:
         raise CliError(str(error)) from None
-    progress = await _show_live(pclient.watch_teardown(slug))
+    progress = await _show_live(pclient.watch(slug))
     if progress.status is not ProjectStatus.DELETED:
         raise CliError(f"tearing {slug} down ended {progress.status.value}: {progress.message}")
     console.print(f"[bold]{slug}[/]: deleted{'' if delete_repository else ' (repository kept)'}")
@@ -459,7 +523,7 @@ def _redacted(url: str) -> str:
 
 def _print_outcome(stack: Any, slug: str, elapsed: float) -> None:
     """What was really made, read back from each system rather than from the workflow's own account."""
-    from activities.records import get_project
+    from provisioner.db.projects import get_project
 
     settings = stack.settings
     record = get_project(settings.effective_database_url, slug)
@@ -484,7 +548,7 @@ def _print_outcome(stack: Any, slug: str, elapsed: float) -> None:
     table.add_row("Kustomization Ready", f"{ready['status']} ({ready['reason']}): {ready['message']}")
     table.add_row("Provisioning took", f"{elapsed:.1f} s")
     console.print(table)
-    console.print(f"The run in the Temporal UI: {stack.workflow_url(provisioning_workflow_id(slug))}", soft_wrap=True)
+    console.print(f"The run in the Temporal UI: {stack.workflow_url(project_workflow_id(slug))}", soft_wrap=True)
     console.print(
         "Bring the stack and the UI back up on this data with [bold]make up[/] (or `.venv/bin/provisioner up`)."
     )

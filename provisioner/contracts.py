@@ -56,6 +56,7 @@ MANAGED_BY = "provisioner"
 class StepName(StrEnum):
     """The steps of the project workflows (see PROVISIONING_STEPS and TEARDOWN_STEPS for their order)."""
 
+    READ_PROJECT = "read_project"  # an update's first step
     VALIDATE_TEMPLATE = "validate_template"
     CREATE_REPOSITORY = "create_repository"
     PUSH_TEMPLATE = "push_template"
@@ -71,17 +72,22 @@ class StepName(StrEnum):
     MARK_DELETED = "mark_deleted"
     # Rollback of an aborted provisioning (with DELETE_FLUX_RESOURCES, AWAIT_DELETION and DELETE_REPOSITORY)
     MARK_FAILED = "mark_failed"
+    # An update's dry run
+    PREVIEW_CHANGES = "preview_changes"
 
 
+# The record comes second: a create claims the slug there, before anything else is made.
 PROVISIONING_STEPS: tuple[StepName, ...] = (
     StepName.VALIDATE_TEMPLATE,
+    StepName.PERSIST_RECORD,
     StepName.CREATE_REPOSITORY,
     StepName.PUSH_TEMPLATE,
-    StepName.PERSIST_RECORD,
     StepName.APPLY_FLUX_RESOURCES,
     StepName.AWAIT_READY,
     StepName.FINALIZE_RECORD,
 )
+UPDATE_STEPS: tuple[StepName, ...] = (StepName.READ_PROJECT, *PROVISIONING_STEPS)
+PREVIEW_STEPS: tuple[StepName, ...] = (StepName.READ_PROJECT, StepName.VALIDATE_TEMPLATE, StepName.PREVIEW_CHANGES)
 TEARDOWN_STEPS: tuple[StepName, ...] = (
     StepName.MARK_DELETING,
     StepName.DELETE_FLUX_RESOURCES,
@@ -92,8 +98,9 @@ TEARDOWN_STEPS: tuple[StepName, ...] = (
 
 
 STEP_TITLES: dict[StepName, str] = {
+    StepName.READ_PROJECT: "Read the project's record",
     StepName.VALIDATE_TEMPLATE: "Validate and render the template",
-    StepName.CREATE_REPOSITORY: "Create the Git repository",
+    StepName.CREATE_REPOSITORY: "Create the Git repository (or find it)",
     StepName.PUSH_TEMPLATE: "Push the rendered template",
     StepName.PERSIST_RECORD: "Persist the project record",
     StepName.APPLY_FLUX_RESOURCES: "Apply the Flux resources",
@@ -104,7 +111,8 @@ STEP_TITLES: dict[StepName, str] = {
     StepName.AWAIT_DELETION: "Wait until they are gone",
     StepName.DELETE_REPOSITORY: "Delete the Git repository",
     StepName.MARK_DELETED: "Mark the record deleted",
-    StepName.MARK_FAILED: "Mark the record failed",
+    StepName.MARK_FAILED: "Record the aborted run (rolled back, or failed)",
+    StepName.PREVIEW_CHANGES: "Diff the rendered template against the branch head",
 }
 
 
@@ -116,17 +124,27 @@ class StepState(StrEnum):
     SKIPPED = "skipped"
 
 
+class ProjectOperation(StrEnum):
+    """What a project workflow run does; every operation of one project shares its workflow id."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    TEARDOWN = "teardown"
+
+
 class ProjectStatus(StrEnum):
     """The overall status of a project, mirrored by its database record."""
 
     PENDING = "pending"
     PROVISIONING = "provisioning"
+    UPDATING = "updating"
     READY = "ready"  # resources exist and Flux reported Ready=True
     PROVISIONED = "provisioned"  # resources exist; Ready was not waited for
     NOT_READY = "not_ready"  # resources exist but Flux did not report Ready within the bound
     FAILED = "failed"
     AWAITING_DECISION = "awaiting_decision"  # a step failed for good; waiting for an operator to retry or abort
     ROLLING_BACK = "rolling_back"  # aborted: undoing the completed steps
+    ROLLED_BACK = "rolled_back"  # a creation was aborted and undone: the slug is free for a new project
     DELETING = "deleting"
     DELETED = "deleted"
 
@@ -137,9 +155,12 @@ TERMINAL_STATUSES = frozenset(
         ProjectStatus.PROVISIONED,
         ProjectStatus.NOT_READY,
         ProjectStatus.FAILED,
+        ProjectStatus.ROLLED_BACK,
         ProjectStatus.DELETED,
     }
 )
+# A record in one of these holds no live project: a create may take the slug with any spec.
+FREE_RECORD_STATUSES = frozenset({ProjectStatus.DELETED, ProjectStatus.ROLLED_BACK})
 
 
 class ErrorType(StrEnum):
@@ -157,6 +178,9 @@ class ErrorType(StrEnum):
     INVALID_RECORD = "InvalidRecord"
     PROJECT_BUSY = "ProjectBusy"  # another operation (e.g. a provisioning run) is running for the project
     GIT_HOST_REJECTED = "GitHostRejected"  # the Git host refused a request no retry can fix (401, 403, 4xx)
+    PROJECT_CONFLICT = "ProjectConflict"  # a create of a slug whose live project has another identity or content
+    NO_SUCH_PROJECT = "NoSuchProject"  # an update of a slug with no live project
+    FLUX_SUSPENDED = "FluxSuspended"  # the GitRepository or Kustomization is suspended: Flux applies nothing
 
 
 class FailureAction(StrEnum):
@@ -230,16 +254,50 @@ class ProjectSpec:
 
     @property
     def workflow_id(self) -> str:
-        return provisioning_workflow_id(self.slug)
+        return project_workflow_id(self.slug)
+
+    def identity(self, parameters: Parameters | None = None) -> ProjectIdentity:
+        """What the project is, with `parameters` (the template's defaults applied) in place of the given ones."""
+        return ProjectIdentity(
+            display_name=self.display_name,
+            template=self.template,
+            environment=self.environment,
+            parameters=dict(self.parameters if parameters is None else parameters),
+        )
 
 
-def provisioning_workflow_id(slug: str) -> str:
-    """One workflow id per project, so Temporal itself refuses a second concurrent provisioning of it."""
-    return f"project-init-{slug}"
+@dataclass
+class ProjectIdentity:
+    """A project's identity and content: what a create must match and what an update changes. Run options
+    (wait_for_ready, ready_timeout, on_failure) are not part of it. Parameters are stored with defaults applied."""
+
+    display_name: str
+    template: str
+    environment: str
+    parameters: Parameters = field(default_factory=dict)
+
+    def differences(self, other: ProjectIdentity) -> list[str]:
+        """The fields (parameters by name, e.g. `parameters.replicas`) in which `other` differs from this one."""
+        fields_ = [
+            name for name in ("display_name", "template", "environment") if getattr(self, name) != getattr(other, name)
+        ]
+        for name in sorted(set(self.parameters) | set(other.parameters)):
+            mine, theirs = self.parameters.get(name), other.parameters.get(name)
+            # 1 and True (or 1.0) compare equal in Python but render differently.
+            if mine != theirs or type(mine) is not type(theirs):
+                fields_.append(f"parameters.{name}")
+        return fields_
 
 
-def teardown_workflow_id(slug: str) -> str:
-    return f"project-teardown-{slug}"
+def project_workflow_id(slug: str) -> str:
+    """One workflow id per project for every operation (create, update, teardown): Temporal itself refuses a
+    second run of a project while one is running, so the operations exclude each other atomically."""
+    return f"project-{slug}"
+
+
+def dry_run_workflow_id(slug: str) -> str:
+    """A dry run changes nothing, so it runs beside the project's operations; ':' is never in a slug."""
+    return f"project-{slug}:dry-run"
 
 
 # Typed search attributes (Keyword), so runs can be found and filtered in the Temporal UI and by visibility queries.
@@ -253,12 +311,7 @@ SEARCH_ATTRIBUTES = (SEARCH_ATTRIBUTE_SLUG, SEARCH_ATTRIBUTE_TEMPLATE, SEARCH_AT
 def validate_spec(spec: ProjectSpec) -> list[FieldError]:
     """Check the request's shape. Template-specific parameter rules are checked against the template itself."""
     errors = slug_errors(spec.slug)
-    if not isinstance(spec.display_name, str):
-        errors.append(FieldError("display_name", "must be a string"))
-    elif not spec.display_name.strip():
-        errors.append(FieldError("display_name", "must not be empty"))
-    elif len(spec.display_name) > DISPLAY_NAME_MAX_LENGTH or not spec.display_name.isprintable():
-        errors.append(FieldError("display_name", f"must be printable and at most {DISPLAY_NAME_MAX_LENGTH} characters"))
+    errors.extend(_display_name_errors(spec.display_name))
     if not is_template_name(spec.template):
         errors.append(
             FieldError(
@@ -266,22 +319,58 @@ def validate_spec(spec: ProjectSpec) -> list[FieldError]:
                 f"must be a template name such as 'web-service' (at most {TEMPLATE_NAME_MAX_LENGTH} characters)",
             )
         )
-    if (
-        not isinstance(spec.environment, str)
-        or len(spec.environment) > ENVIRONMENT_MAX_LENGTH
-        or not ENVIRONMENT_PATTERN.fullmatch(spec.environment)
+    errors.extend(_environment_errors(spec.environment))
+    errors.extend(_validate_parameters(spec.parameters))
+    errors.extend(_run_option_errors(spec.ready_timeout, spec.on_failure))
+    return errors
+
+
+def validate_update(change: ProjectUpdate) -> list[FieldError]:
+    """Check an update's shape (the merged spec is checked against the template once the project is read)."""
+    errors = slug_errors(change.slug)
+    if change.display_name is not None:
+        errors.extend(_display_name_errors(change.display_name))
+    if change.environment is not None:
+        errors.extend(_environment_errors(change.environment))
+    errors.extend(_validate_parameters(change.parameters))
+    if not isinstance(change.unset, list) or not all(
+        isinstance(name, str) and PARAMETER_NAME_PATTERN.fullmatch(name) for name in change.unset
     ):
-        errors.append(
+        errors.append(FieldError("unset", "must be a list of parameter names"))
+    elif set(change.unset) & set(change.parameters if isinstance(change.parameters, dict) else {}):
+        errors.append(FieldError("unset", "must not name a parameter that the update also sets"))
+    errors.extend(_run_option_errors(change.ready_timeout, change.on_failure))
+    return errors
+
+
+def _display_name_errors(display_name: object) -> list[FieldError]:
+    if not isinstance(display_name, str):
+        return [FieldError("display_name", "must be a string")]
+    if not display_name.strip():
+        return [FieldError("display_name", "must not be empty")]
+    if len(display_name) > DISPLAY_NAME_MAX_LENGTH or not display_name.isprintable():
+        return [FieldError("display_name", f"must be printable and at most {DISPLAY_NAME_MAX_LENGTH} characters")]
+    return []
+
+
+def _environment_errors(environment: object) -> list[FieldError]:
+    if (
+        not isinstance(environment, str)
+        or len(environment) > ENVIRONMENT_MAX_LENGTH
+        or not ENVIRONMENT_PATTERN.fullmatch(environment)
+    ):
+        return [
             FieldError(
                 "environment",
                 f"must be an environment name such as 'development' (at most {ENVIRONMENT_MAX_LENGTH} characters)",
             )
-        )
-    errors.extend(_validate_parameters(spec.parameters))
-    errors.extend(_validate_failure_policy(spec.on_failure))
-    if not isinstance(spec.ready_timeout, timedelta) or not (
-        MIN_READY_TIMEOUT <= spec.ready_timeout <= MAX_READY_TIMEOUT
-    ):
+        ]
+    return []
+
+
+def _run_option_errors(ready_timeout: object, on_failure: FailurePolicy) -> list[FieldError]:
+    errors = _validate_failure_policy(on_failure)
+    if not isinstance(ready_timeout, timedelta) or not (MIN_READY_TIMEOUT <= ready_timeout <= MAX_READY_TIMEOUT):
         errors.append(
             FieldError(
                 "ready_timeout",
@@ -374,6 +463,7 @@ class RenderSummary:
     file_count: int
     tree_digest: str  # sha256 over the sorted (path, content) pairs: identical on every worker
     kustomize_path: str
+    parameters: Parameters = field(default_factory=dict)  # every parameter's value, the template's defaults applied
 
 
 @dataclass
@@ -412,7 +502,14 @@ class ProjectRecordUpdate:
     workflow_id: str = ""
     repo_url: str | None = None
     commit_sha: str | None = None
+    applied_revision: str | None = None  # what Flux applied, e.g. main@sha1:<commit>; only once Ready says so
+    operation: str = ""  # the ProjectOperation of the run writing it
     last_message: str = ""
+    # The project's parameters, defaults applied (None: unknown, keep the stored ones).
+    parameters: Parameters | None = None
+    # A create's first write: refused (ProjectConflict, nothing written) when the slug holds a live project of
+    # another identity; a free record (deleted, rolled back) is taken over.
+    claim: bool = False
     # When the workflow decided this write (workflow time). A write older than the stored one is stale (e.g. a
     # timed-out attempt landing after its retry and later steps) and changes nothing. None: always applies.
     written_at: datetime | None = None
@@ -424,6 +521,9 @@ class FluxApplyRequest:
     repository: RepositoryInfo
     commit_sha: str
     kustomize_path: str  # inside the repository, e.g. "k8s/overlays/development"
+    # The `reconcile.fluxcd.io/requestedAt` token of this apply: decided by the workflow once per apply it decides
+    # on (a provisioning, an update, an operator's retry), the same across the activity's retries.
+    requested_at: str
 
 
 @dataclass
@@ -446,12 +546,14 @@ class FluxApplyResult:
 class ReadinessRequest:
     namespace: str
     name: str  # the GitRepository and the Kustomization share the project's name
+    revision: str  # the revision Flux must have applied: `<branch>@sha1:<the pushed commit>`
+    requested_at: str  # the requestedAt token the apply wrote; the Kustomization must have handled it
 
 
 class ReadinessState(StrEnum):
     READY = "ready"
     IN_PROGRESS = "in_progress"
-    FAILED = "failed"  # Stalled=True: will not recover without a change
+    FAILED = "failed"  # Stalled=True or suspended: will not become Ready without a change
 
 
 @dataclass
@@ -469,7 +571,8 @@ class ReadinessReport:
     reason: str
     message: str
     objects: list[ObjectReadiness] = field(default_factory=list)
-    revision: str = ""
+    revision: str = ""  # the Kustomization's status.lastAppliedRevision: what Flux has applied, whatever it is
+    expected_revision: str = ""  # what the run waits for; READY only when `revision` is this one
 
 
 # ---- Progress (the `progress` query) and the workflow result ---------------------------------------------
@@ -496,6 +599,9 @@ class Progress:
     message: str = ""
     updated_at: datetime | None = None
     decision: PendingDecision | None = None  # set while the run awaits an operator's decision
+    operation: ProjectOperation = ProjectOperation.CREATE
+    commit_sha: str = ""  # the commit this run pushed (or found at the branch head), once pushed
+    applied_revision: str = ""  # the revision Flux reported Ready for: always `<branch>@sha1:<commit_sha>`
 
     @property
     def current_step(self) -> StepProgress | None:
@@ -515,6 +621,67 @@ class ProvisioningResult:
     namespace: str
     readiness: ReadinessReport | None
     progress: Progress
+    operation: ProjectOperation = ProjectOperation.CREATE
+    applied_revision: str = ""  # set only when Flux reported Ready for exactly `commit_sha`
+
+
+@dataclass
+class ProjectUpdate:
+    """Change a live project: merge `parameters` into the stored ones (`unset` removes some), and optionally move
+    it to another environment or rename it. The template cannot change. The run options are as in ProjectSpec.
+    `dry_run` renders and diffs against the branch head, and changes nothing."""
+
+    slug: str
+    parameters: Parameters = field(default_factory=dict)
+    unset: list[str] = field(default_factory=list)
+    environment: str | None = None
+    display_name: str | None = None
+    wait_for_ready: bool = True
+    ready_timeout: timedelta = DEFAULT_READY_TIMEOUT
+    on_failure: FailurePolicy = field(default_factory=FailurePolicy)
+    dry_run: bool = False
+
+    def applied_to(self, current: ProjectIdentity) -> ProjectSpec:
+        """The whole spec this update asks for, given the project's stored identity (pure: runs in the workflow)."""
+        parameters = {name: value for name, value in current.parameters.items() if name not in self.unset}
+        parameters.update(self.parameters)
+        return ProjectSpec(
+            slug=self.slug,
+            display_name=current.display_name if self.display_name is None else self.display_name,
+            template=current.template,
+            parameters=parameters,
+            environment=current.environment if self.environment is None else self.environment,
+            wait_for_ready=self.wait_for_ready,
+            ready_timeout=self.ready_timeout,
+            on_failure=self.on_failure,
+        )
+
+
+@dataclass
+class StoredProject:
+    """What an update starts from: the live project's identity as its record holds it."""
+
+    slug: str
+    status: ProjectStatus
+    identity: ProjectIdentity
+    commit_sha: str | None = None
+
+
+@dataclass
+class PreviewRequest:
+    spec: ProjectSpec
+    repository: RepositoryInfo
+
+
+@dataclass
+class UpdatePreview:
+    """A dry run's answer: the unified diff of the rendered tree against the branch head (empty: no change)."""
+
+    slug: str
+    base_commit: str  # the branch head the diff is against ("" when the branch does not exist)
+    changed_files: list[str]
+    diff: str
+    spec: ProjectSpec
 
 
 @dataclass

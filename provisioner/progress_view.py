@@ -22,12 +22,14 @@ STATE_MARKS: dict[StepState, tuple[str, str]] = {
 STATUS_STYLES: dict[ProjectStatus, str] = {
     ProjectStatus.PENDING: "dim",
     ProjectStatus.PROVISIONING: "cyan",
+    ProjectStatus.UPDATING: "cyan",
     ProjectStatus.READY: "bold green",
     ProjectStatus.PROVISIONED: "green",
     ProjectStatus.NOT_READY: "bold yellow",
     ProjectStatus.FAILED: "bold red",
     ProjectStatus.AWAITING_DECISION: "bold yellow",
     ProjectStatus.ROLLING_BACK: "magenta",
+    ProjectStatus.ROLLED_BACK: "bold magenta",
     ProjectStatus.DELETING: "magenta",
     ProjectStatus.DELETED: "bold magenta",
 }
@@ -47,6 +49,7 @@ def render_progress(progress: Progress, now: datetime | None = None) -> Renderab
     header = Table.grid(padding=(0, 1))
     header.add_row(
         Text(progress.slug, style="bold"),
+        Text(progress.operation.value, style="dim"),
         ProgressBar(total=100, completed=progress.percent, width=40),
         Text(f"{progress.percent:3d}%"),
         Text(progress.status.value, style=STATUS_STYLES[progress.status]),
@@ -64,4 +67,9 @@ def render_progress(progress: Progress, now: datetime | None = None) -> Renderab
             Text(attempt, style="yellow"),
             Text(step.message, style="dim" if step.state is not StepState.FAILED else "red", overflow="fold"),
         )
-    return Group(header, steps)
+    revision = Text()
+    if progress.applied_revision:
+        revision = Text(f"Flux applied {progress.applied_revision}", style="green")
+    elif progress.commit_sha:
+        revision = Text(f"commit {progress.commit_sha} (Flux has not reported Ready for it)", style="dim")
+    return Group(header, steps, revision)

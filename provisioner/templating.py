@@ -167,6 +167,7 @@ class RenderedTree:
     kustomize_path: str
     digest: str
     executable: frozenset[str] = field(default_factory=frozenset)
+    parameters: dict[str, ParameterValue] = field(default_factory=dict)  # every value the template saw
 
     def mode(self, path: str) -> int:
         """The git file mode of `path` (0o100755 or 0o100644)."""
@@ -274,6 +275,7 @@ def render_project(spec: ProjectSpec, templates_dir: Path, limits: RenderLimits 
         kustomize_path=environment.kustomize_path,
         digest=tree_digest(files, executable),
         executable=executable,
+        parameters=values,
     )
 
 

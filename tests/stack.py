@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from provisioner.catalog import ProjectCatalog
 from provisioner.client import ProvisionerClient
 from provisioner.contracts import ProjectSpec
 from provisioner.db import migrate
@@ -138,7 +139,8 @@ async def running_stack(
             activity_threads=activity_threads,
         )
         migrate(database_url)
-        provisioner = ProvisionerClient(temporal, settings.task_queue)
+        # Checked before starting, as the API and the CLI check: the templates and the records (read directly).
+        provisioner = ProvisionerClient(temporal, settings.task_queue, ProjectCatalog(templates_dir, database_url))
         built = Stack(settings, cluster, provisioner, cluster.api_client(), temporal, git_server)
         if not in_process_worker:
             yield built

@@ -1,7 +1,10 @@
 """ProjectTeardownWorkflow: remove one project's cluster resources (and, if asked, its repository), durably.
 
-check that no provisioning run is active -> mark the record deleting -> delete the Kustomization, the GitRepository
-and the Namespace -> wait until they are gone -> delete the repository (only if asked) -> mark the record deleted.
+mark the record deleting -> delete the Kustomization, the GitRepository and the Namespace -> wait until they are
+gone -> delete the repository (only if asked) -> mark the record deleted.
+
+It runs under the project's workflow id (`project-<slug>`), shared with create and update: Temporal refuses to start
+it while the project is being created or updated, and refuses those while it runs.
 
 Every step is idempotent and treats "already gone" as done, so tearing down a deleted (or never provisioned)
 project succeeds and creates nothing. Waiting is a loop of short checks between durable timers, as in
@@ -16,7 +19,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 from workflows.cleanup import CLEANUP_POLICIES, delete_cluster_resources, delete_repository
-from workflows.steps import StepFailed, StepPolicy, StepRunner, describe_failure, step_policy
+from workflows.steps import StepFailed, StepPolicy, StepRunner, step_policy
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -25,17 +28,16 @@ with workflow.unsafe.imports_passed_through():
         TEARDOWN_STEPS,
         ErrorType,
         Progress,
+        ProjectOperation,
         ProjectRecordUpdate,
         ProjectStatus,
         StepName,
         TeardownResult,
         TeardownSpec,
-        provisioning_workflow_id,
         validate_teardown_spec,
     )
 
 # Activity names (see workflows/project_init.py: the workflow imports none of the activities' code).
-DESCRIBE_PROVISIONING_RUN = "describe_provisioning_run"
 MARK_PROJECT_RECORD = "mark_project_record"  # update-only: never creates a record
 
 STEP_POLICIES: dict[StepName, StepPolicy] = {
@@ -43,9 +45,6 @@ STEP_POLICIES: dict[StepName, StepPolicy] = {
     **CLEANUP_POLICIES,
     StepName.MARK_DELETED: step_policy(timedelta(seconds=30), 12, timedelta(seconds=30)),
 }
-BUSY_CHECK_POLICY = step_policy(timedelta(seconds=10), 5, timedelta(seconds=5))
-
-RUNNING = "RUNNING"  # temporalio.client.WorkflowExecutionStatus.RUNNING.name
 
 
 # An input the spec cannot be built from fails the run at once instead of retrying its first task for ever.
@@ -54,7 +53,7 @@ class ProjectTeardownWorkflow:
     @workflow.init
     def __init__(self, spec: TeardownSpec) -> None:
         self._spec = spec
-        self._steps = StepRunner(spec.slug, TEARDOWN_STEPS, STEP_POLICIES)
+        self._steps = StepRunner(spec.slug, TEARDOWN_STEPS, STEP_POLICIES, ProjectOperation.TEARDOWN)
         self._record_exists = False
 
     @workflow.query
@@ -76,7 +75,6 @@ class ProjectTeardownWorkflow:
             message = "invalid teardown request: " + "; ".join(map(str, field_errors))
             steps.fail(StepName.MARK_DELETING, 1, message)
             raise StepFailed(StepName.MARK_DELETING, message, ErrorType.INVALID_INPUT.value)
-        await self._refuse_while_provisioning(slug)
 
         steps.set_status(ProjectStatus.DELETING, f"tearing down {slug}")
         marked = await steps.run(
@@ -122,32 +120,6 @@ class ProjectTeardownWorkflow:
             repository_deleted=repository_deleted,
             progress=self.progress(),
         )
-
-    async def _refuse_while_provisioning(self, slug: str) -> None:
-        """Fail with ProjectBusy, before anything is touched, while a provisioning run of `slug` is running.
-
-        A provisioning started after this check is not prevented (Temporal has no cross-workflow lock); the
-        client refuses to start a teardown during provisioning as well, which narrows that window to a race.
-        """
-        step = StepName.MARK_DELETING
-        try:
-            status = await self._steps.run_once(
-                DESCRIBE_PROVISIONING_RUN, slug, BUSY_CHECK_POLICY, "Check that no provisioning run is active"
-            )
-        except ActivityError as error:
-            if is_cancelled_exception(error):
-                raise
-            message, error_type, _ = describe_failure(error)
-            message = f"could not check for a running provisioning of {slug}: {message}"
-            self._steps.fail(step, 1, message)
-            raise StepFailed(step, message, error_type) from None
-        if status == RUNNING:
-            message = (
-                f"project {slug} is being provisioned (workflow {provisioning_workflow_id(slug)} is running); "
-                "refusing to tear it down: wait for the provisioning to end, or cancel it, then try again"
-            )
-            self._steps.fail(step, 1, message)
-            raise StepFailed(step, message, ErrorType.PROJECT_BUSY.value)
 
     async def _record_failure(self, failure: StepFailed) -> None:
         """Mirror the failure in the record, but only when this teardown found one and started changing it."""

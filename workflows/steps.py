@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         ErrorType,
         PendingDecision,
         Progress,
+        ProjectOperation,
         ProjectStatus,
         StepName,
         StepProgress,
@@ -130,8 +131,17 @@ class StepRunner:
     details, so the Temporal UI tells the same story as the query.
     """
 
-    def __init__(self, slug: str, steps: Sequence[StepName], policies: Mapping[StepName, StepPolicy]) -> None:
+    def __init__(
+        self,
+        slug: str,
+        steps: Sequence[StepName],
+        policies: Mapping[StepName, StepPolicy],
+        operation: ProjectOperation,
+    ) -> None:
         self.slug = slug
+        self.operation = operation
+        self.commit_sha = ""  # once pushed
+        self.applied_revision = ""  # once Flux reported Ready for exactly that commit
         self.status = ProjectStatus.PENDING
         self.message = "waiting to start"
         self._steps = {name: StepProgress(name=name, title=STEP_TITLES[name]) for name in steps}
@@ -154,6 +164,9 @@ class StepRunner:
             message=self.message,
             updated_at=self._updated_at,
             decision=self.decision,
+            operation=self.operation,
+            commit_sha=self.commit_sha,
+            applied_revision=self.applied_revision,
         )
 
     def add_steps(self, names: Sequence[StepName]) -> None:
@@ -173,7 +186,7 @@ class StepRunner:
         self.status = status
         self.message = message
         self._touch()
-        workflow.set_current_details(f"**{status.value}**: {message}")
+        workflow.set_current_details(f"**{status.value}** ({self.operation.value}): {message}")
 
     async def run(
         self,
@@ -253,7 +266,9 @@ class StepRunner:
         progress.attempt = attempt
         self.message = STEP_TITLES[step]
         self._touch()
-        workflow.set_current_details(f"**{self.status.value}**: {STEP_TITLES[step]} (attempt {attempt})")
+        workflow.set_current_details(
+            f"**{self.status.value}** ({self.operation.value}): {STEP_TITLES[step]} (attempt {attempt})"
+        )
 
     def note(self, step: StepName, message: str) -> None:
         """Update a running step's message (e.g. what it is waiting for)."""

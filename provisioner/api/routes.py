@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from http import HTTPStatus
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
@@ -17,7 +16,6 @@ from sqlalchemy import text
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
-from activities import records
 from provisioner.api.events import progress_events
 from provisioner.api.progress import RunProgressReader
 from provisioner.api.schemas import (
@@ -29,27 +27,26 @@ from provisioner.api.schemas import (
     ProjectLinks,
     ProjectPage,
     ProjectRequest,
+    ProjectUpdateRequest,
     body_field_errors,
 )
 from provisioner.client import (
     InvalidRequest,
+    NoSuchProject,
     NoSuchRun,
     ProjectConflict,
     ProvisionerClient,
 )
 from provisioner.contracts import (
     FailureAction,
-    FieldError,
     OperatorDecision,
-    ProjectSpec,
     ProjectStatus,
-    provisioning_workflow_id,
-    teardown_workflow_id,
-    validate_spec,
+    UpdatePreview,
+    project_workflow_id,
 )
+from provisioner.db import projects as records
 from provisioner.db.engine import engine_for
 from provisioner.settings import Settings
-from provisioner.templating import TemplateError, UnknownTemplate, check_against_template, load_template
 
 HEALTH_TIMEOUT = timedelta(seconds=3)
 
@@ -76,7 +73,7 @@ class ApiContext:
 
     @property
     def provisioner(self) -> ProvisionerClient:
-        return ProvisionerClient(self.temporal, self.settings.task_queue)
+        return ProvisionerClient.from_settings(self.temporal, self.settings)
 
     @property
     def database_url(self) -> str:
@@ -92,7 +89,11 @@ def _error(status: HTTPStatus, description: str) -> dict[int | str, dict[str, An
 
 
 NOT_FOUND = _error(HTTPStatus.NOT_FOUND, "No such project: neither a record nor a workflow run.")
-CONFLICT = _error(HTTPStatus.CONFLICT, "The project is busy with a different request or another operation.")
+CONFLICT = _error(
+    HTTPStatus.CONFLICT,
+    "The slug holds a project of another identity (the message names the fields), or the project is busy with "
+    "another operation.",
+)
 
 
 def projects_router(context: ApiContext) -> APIRouter:
@@ -102,16 +103,14 @@ def projects_router(context: ApiContext) -> APIRouter:
         "",
         status_code=HTTPStatus.ACCEPTED,
         responses=CONFLICT,
-        summary="Start provisioning a project",
-        description="Starts the provisioning workflow and answers at once; follow `Location` or `links.events`. "
-        "Repeating the same request while it runs answers with the same run; a different request for a slug "
-        "being provisioned is a conflict.",
+        summary="Create a project",
+        description="Starts the create workflow and answers at once; follow `Location` or `links.events`. "
+        "A slug whose live project has the same display name, template, environment and parameters (defaults "
+        "applied) answers with that project's latest run and starts nothing; any difference is a 409 naming the "
+        "fields (change a project with `PATCH`). A deleted or rolled-back project's slug is free.",
     )
     async def create_project(request: ProjectRequest, response: Response) -> OperationAccepted:
         spec = request.to_spec()
-        errors = await asyncio.to_thread(check_spec, spec, context.settings.templates_dir)
-        if errors:
-            raise RequestValidationError(body_field_errors(errors))
         try:
             handle = await context.provisioner.start(spec)
         except InvalidRequest as invalid:
@@ -132,30 +131,61 @@ def projects_router(context: ApiContext) -> APIRouter:
             items=items, limit=limit, offset=offset, next_offset=offset + limit if len(items) == limit else None
         )
 
-    @router.get("/{slug}", responses=NOT_FOUND, summary="A project's record and the live progress of its runs")
+    @router.get("/{slug}", responses=NOT_FOUND, summary="A project's record and the live progress of its latest run")
     async def get_project(slug: str) -> ProjectDetail:
-        record, progress, teardown = await asyncio.gather(
+        record, progress = await asyncio.gather(
             asyncio.to_thread(records.get_project, context.database_url, slug),
-            context.progress.read(provisioning_workflow_id(slug)),
-            context.progress.read(teardown_workflow_id(slug)),
+            context.progress.read(project_workflow_id(slug)),
         )
-        if record is None and progress is None and teardown is None:
+        if record is None and progress is None:
             raise HTTPException(HTTPStatus.NOT_FOUND, f"no project {slug!r}")
-        return ProjectDetail(slug=slug, record=record, progress=progress, teardown=teardown, links=project_links(slug))
+        return ProjectDetail(slug=slug, record=record, progress=progress, links=project_links(slug))
+
+    @router.patch(
+        "/{slug}",
+        status_code=HTTPStatus.ACCEPTED,
+        responses={
+            **NOT_FOUND,
+            **CONFLICT,
+            HTTPStatus.OK.value: {"model": UpdatePreview, "description": "`dry_run=true`: what would change."},
+        },
+        summary="Update a project",
+        description="Starts the update workflow: re-render with the merged parameters, push a new commit only if "
+        "the rendered tree changed, apply, and wait until Flux applied that commit. With `dry_run=true` it answers "
+        "200 with the unified diff against the branch head and changes nothing. 404 without a live project; 409 "
+        "while another operation of the project runs.",
+    )
+    async def update_project(
+        slug: str, request: ProjectUpdateRequest, response: Response, dry_run: bool = False
+    ) -> OperationAccepted | UpdatePreview:
+        change = request.to_update(slug, dry_run)
+        try:
+            if dry_run:
+                response.status_code = HTTPStatus.OK
+                return await context.provisioner.preview(change)
+            handle = await context.provisioner.update(change)
+        except InvalidRequest as invalid:
+            raise RequestValidationError(body_field_errors(invalid.errors)) from None
+        except NoSuchProject as missing:
+            raise HTTPException(HTTPStatus.NOT_FOUND, str(missing)) from None
+        except ProjectConflict as conflict:
+            raise HTTPException(HTTPStatus.CONFLICT, str(conflict)) from None
+        response.headers["Location"] = project_links(slug).project
+        return _accepted(slug, handle)
 
     async def provisioning_run(slug: str) -> None:
-        """404 before any stream starts if the project has no provisioning run."""
-        status, _ = await context.progress.latest_run(provisioning_workflow_id(slug))
+        """404 before any stream starts if the project has no run."""
+        status, _ = await context.progress.latest_run(project_workflow_id(slug))
         if status is None:
-            raise HTTPException(HTTPStatus.NOT_FOUND, f"project {slug!r} has no provisioning run")
+            raise HTTPException(HTTPStatus.NOT_FOUND, f"project {slug!r} has no run")
 
     @router.get(
         "/{slug}/events",
         response_class=EventSourceResponse,
         dependencies=[Depends(provisioning_run)],
         responses=NOT_FOUND,
-        summary="Server-Sent Events of the provisioning progress",
-        description="`event: progress` (data: a `Progress`) each time the progress of the latest provisioning run "
+        summary="Server-Sent Events of the progress of the project's latest operation",
+        description="`event: progress` (data: a `Progress`) each time the progress of the latest run "
         "changes, starting with its current state; then one `event: end` (data: a `StreamEnd`) when the run "
         "reaches a final status, after which the server closes the stream (EventSource clients should `close()` "
         "on `end` rather than reconnect). Keep-alive comments are sent while nothing changes.",
@@ -171,14 +201,14 @@ def projects_router(context: ApiContext) -> APIRouter:
         summary="Tear a project down",
         description="Starts the teardown workflow: the Flux resources and the namespace are deleted and the record "
         "is marked deleted; the Git repository is kept unless `delete_repository=true`. Refused (409) while the "
-        "project is being provisioned.",
+        "project is being created or updated.",
     )
     async def delete_project(slug: str, response: Response, delete_repository: bool = False) -> OperationAccepted:
-        record, (provisioning, _) = await asyncio.gather(
+        record, (latest, _) = await asyncio.gather(
             asyncio.to_thread(records.get_project, context.database_url, slug),
-            context.progress.latest_run(provisioning_workflow_id(slug)),
+            context.progress.latest_run(project_workflow_id(slug)),
         )
-        if record is None and provisioning is None:
+        if record is None and latest is None:
             raise HTTPException(HTTPStatus.NOT_FOUND, f"no project {slug!r}")
         try:
             handle = await context.provisioner.teardown(slug, delete_repository=delete_repository)
@@ -195,9 +225,8 @@ def projects_router(context: ApiContext) -> APIRouter:
             raise HTTPException(HTTPStatus.NOT_FOUND, str(missing)) from None
         except ProjectConflict as conflict:
             raise HTTPException(HTTPStatus.CONFLICT, str(conflict)) from None
-        return OperationAccepted(
-            slug=slug, workflow_id=provisioning_workflow_id(slug), run_id=None, links=project_links(slug)
-        )
+        workflow_id = project_workflow_id(slug)
+        return OperationAccepted(slug=slug, workflow_id=workflow_id, run_id=None, links=project_links(slug))
 
     @router.post(
         "/{slug}/retry",
@@ -238,22 +267,6 @@ def health_router(context: ApiContext) -> APIRouter:
         return Health(status="ok" if temporal and database else "unavailable", temporal=temporal, database=database)
 
     return router
-
-
-def check_spec(spec: ProjectSpec, templates_dir: Path) -> list[FieldError]:
-    """Every field error of `spec`: its shape (`validate_spec`), then the rules of its template (that it exists,
-    its declared parameters and environments), each field reported once."""
-    errors = validate_spec(spec)
-    if any(error.field == "template" for error in errors):
-        return errors
-    try:
-        manifest = load_template(templates_dir, spec.template)
-    except UnknownTemplate as unknown:
-        return errors + unknown.field_errors
-    except TemplateError as broken:
-        return [*errors, FieldError("template", f"cannot be used: {broken.message}")]
-    _, errors = check_against_template(spec, manifest, errors)
-    return errors
 
 
 def _accepted(slug: str, handle: WorkflowHandle[Any, Any]) -> OperationAccepted:

@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from activities.records import ProjectView
 from provisioner.contracts import (
     DEFAULT_DECISION_TIMEOUT,
     DEFAULT_ENVIRONMENT,
@@ -34,7 +33,9 @@ from provisioner.contracts import (
     Progress,
     ProjectSpec,
     ProjectStatus,
+    ProjectUpdate,
 )
+from provisioner.db.projects import ProjectView
 
 PROGRESS_JSON = TypeAdapter(Progress)
 
@@ -75,11 +76,24 @@ class DecisionRequest(BaseModel):
     reason: str = Field(default="", max_length=500, examples=["quota raised"])
 
 
-class ProjectRequest(BaseModel):
-    """A request to provision a project. The documented patterns and bounds are enforced, with field-level errors;
-    template parameters are checked against the chosen template's own declarations."""
+class RunOptions(BaseModel):
+    """How a create or an update runs (not part of the project's identity)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    wait_for_ready: bool = Field(default=True, description="Wait until Flux reports Ready for the pushed commit.")
+    ready_timeout_seconds: int = Field(
+        default=int(DEFAULT_READY_TIMEOUT.total_seconds()),
+        ge=int(MIN_READY_TIMEOUT.total_seconds()),
+        le=int(MAX_READY_TIMEOUT.total_seconds()),
+        description="How long to wait for Ready before ending as not_ready.",
+    )
+    on_failure: FailurePolicyRequest = Field(default_factory=FailurePolicyRequest)
+
+
+class ProjectRequest(RunOptions):
+    """A request to provision a project. The documented patterns and bounds are enforced, with field-level errors;
+    template parameters are checked against the chosen template's own declarations."""
 
     slug: str = Field(
         description="Names the repository, the namespace and the Flux objects: a DNS-1123 label.",
@@ -95,14 +109,6 @@ class ProjectRequest(BaseModel):
         json_schema_extra={"maxProperties": MAX_PARAMETERS},
     )
     environment: str = Field(default=DEFAULT_ENVIRONMENT, json_schema_extra={"pattern": ENVIRONMENT_PATTERN.pattern})
-    wait_for_ready: bool = Field(default=True, description="Wait until Flux reports the project Ready.")
-    ready_timeout_seconds: int = Field(
-        default=int(DEFAULT_READY_TIMEOUT.total_seconds()),
-        ge=int(MIN_READY_TIMEOUT.total_seconds()),
-        le=int(MAX_READY_TIMEOUT.total_seconds()),
-        description="How long to wait for Ready before ending as not_ready.",
-    )
-    on_failure: FailurePolicyRequest = Field(default_factory=FailurePolicyRequest)
 
     def to_spec(self) -> ProjectSpec:
         return ProjectSpec(
@@ -114,6 +120,36 @@ class ProjectRequest(BaseModel):
             wait_for_ready=self.wait_for_ready,
             ready_timeout=timedelta(seconds=self.ready_timeout_seconds),
             on_failure=self.on_failure.to_policy(),
+        )
+
+
+class ProjectUpdateRequest(RunOptions):
+    """A change to a live project. `parameters` are merged into the stored ones and `unset` removes some; the
+    environment and the display name change only when given. The template cannot change."""
+
+    parameters: dict[str, ParameterValue] = Field(
+        default_factory=dict,
+        description="Parameters to set (merged into the project's stored parameters).",
+        examples=[{"replicas": 3}],
+        json_schema_extra={"maxProperties": MAX_PARAMETERS},
+    )
+    unset: list[str] = Field(
+        default_factory=list, description="Parameters to remove (their template default applies again)."
+    )
+    environment: str | None = Field(default=None, json_schema_extra={"pattern": ENVIRONMENT_PATTERN.pattern})
+    display_name: str | None = Field(default=None, json_schema_extra={"maxLength": DISPLAY_NAME_MAX_LENGTH})
+
+    def to_update(self, slug: str, dry_run: bool = False) -> ProjectUpdate:
+        return ProjectUpdate(
+            slug=slug,
+            parameters=dict(self.parameters),
+            unset=list(self.unset),
+            environment=self.environment,
+            display_name=self.display_name,
+            wait_for_ready=self.wait_for_ready,
+            ready_timeout=timedelta(seconds=self.ready_timeout_seconds),
+            on_failure=self.on_failure.to_policy(),
+            dry_run=dry_run,
         )
 
 
@@ -134,8 +170,10 @@ class OperationAccepted(BaseModel):
 class ProjectDetail(BaseModel):
     slug: str
     record: ProjectView | None = Field(description="The database record; null until the workflow has written it.")
-    progress: Progress | None = Field(description="The live progress of the latest provisioning run; null if none.")
-    teardown: Progress | None = Field(description="The live progress of the latest teardown run; null if none.")
+    progress: Progress | None = Field(
+        description="The live progress of the project's latest operation (create, update or teardown: its "
+        "`operation` says which); null if none."
+    )
     links: ProjectLinks
 
 

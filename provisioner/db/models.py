@@ -30,6 +30,8 @@ NAMESPACE_LENGTH = 63
 WORKFLOW_ID_LENGTH = 255
 REPO_URL_LENGTH = 2048
 COMMIT_SHA_LENGTH = 64  # a SHA-256 object id; SHA-1 ids are 40
+APPLIED_REVISION_LENGTH = 300  # `<branch>@sha1:<40 hex>`; a branch name may be long
+OPERATION_LENGTH = 16
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -82,6 +84,12 @@ class Project(Base):
     namespace: Mapped[str | None] = mapped_column(String(NAMESPACE_LENGTH))
     workflow_id: Mapped[str | None] = mapped_column(String(WORKFLOW_ID_LENGTH))
     last_message: Mapped[str | None] = mapped_column(Text)
+    # The parameters, the template's defaults applied, as canonical JSON (sorted keys): equal text, equal values.
+    parameters: Mapped[str | None] = mapped_column(Text)
+    # The revision Flux reported Ready for (`<branch>@sha1:<commit_sha>`); cleared by a write of a new commit.
+    applied_revision: Mapped[str | None] = mapped_column(String(APPLIED_REVISION_LENGTH))
+    # The ProjectOperation (create, update, teardown) of the run that wrote the status.
+    operation: Mapped[str | None] = mapped_column(String(OPERATION_LENGTH))
     # The application sets both timestamps explicitly; the server defaults cover rows written by hand.
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())

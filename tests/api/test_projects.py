@@ -29,14 +29,14 @@ async def project(api: httpx.AsyncClient, slug: str) -> dict[str, Any]:
     return detail
 
 
-async def wait_for(api: httpx.AsyncClient, slug: str, key: str, status: ProjectStatus) -> dict[str, Any]:
-    """Poll GET /projects/{slug} until its `key` progress ("progress" or "teardown") has `status`."""
+async def wait_for(api: httpx.AsyncClient, slug: str, status: ProjectStatus) -> dict[str, Any]:
+    """Poll GET /projects/{slug} until the progress of its latest operation has `status`."""
     deadline = time.monotonic() + WAIT_SECONDS
     while True:
         detail = await project(api, slug)
-        if detail[key] is not None and detail[key]["status"] == status.value:
+        if detail["progress"] is not None and detail["progress"]["status"] == status.value:
             return detail
-        assert time.monotonic() < deadline, f"{slug} never reached {key} {status.value}: {detail[key]}"
+        assert time.monotonic() < deadline, f"{slug} never reached {status.value}: {detail['progress']}"
         await asyncio.sleep(0.1)
 
 
@@ -71,7 +71,7 @@ async def test_post_starts_provisioning_and_a_repeat_joins_the_same_run(
     assert first.headers["location"] == f"/projects/{slug}"
     accepted = first.json()
     assert accepted["slug"] == slug
-    assert accepted["workflow_id"] == f"project-init-{slug}"
+    assert accepted["workflow_id"] == f"project-{slug}"
     assert accepted["run_id"]
     assert accepted["links"] == {"project": f"/projects/{slug}", "events": f"/projects/{slug}/events"}
 
@@ -83,7 +83,7 @@ async def test_post_starts_provisioning_and_a_repeat_joins_the_same_run(
 
     different = await api.post("/projects", json=project_body(slug, display_name="Someone else's project"))
     assert different.status_code == 409
-    assert "different request" in different.json()["detail"]
+    assert "another display_name" in different.json()["detail"]
 
     stack.cluster.flux.release(namespace=slug)
     result = await stack.provisioner.wait(slug)
@@ -99,19 +99,19 @@ async def test_get_shows_the_record_and_the_live_progress(
     running = await wait_for_step(api, slug, StepName.AWAIT_READY)
     progress = running["progress"]
     assert progress["status"] == "provisioning"
-    assert progress["workflow_id"] == f"project-init-{slug}"
+    assert progress["workflow_id"] == f"project-{slug}"
     assert [step["name"] for step in progress["steps"]] == [step.value for step in PROVISIONING_STEPS]
     assert 0 < progress["percent"] < 100
     assert running["record"]["status"] == "provisioning"  # written before the Flux resources are applied
-    assert running["teardown"] is None
+    assert progress["operation"] == "create"
 
     stack.cluster.flux.release(namespace=slug)
-    done = await wait_for(api, slug, "progress", ProjectStatus.READY)
+    done = await wait_for(api, slug, ProjectStatus.READY)
     assert done["progress"]["percent"] == 100
     assert {step["state"] for step in done["progress"]["steps"]} == {"succeeded"}
     record = done["record"]
     assert record["status"] == "ready"
-    assert record["workflow_id"] == f"project-init-{slug}"
+    assert record["workflow_id"] == f"project-{slug}"
     assert record["repo_url"].endswith(f"/{slug}.git")
     # ISO 8601 with an explicit UTC offset, for records and for progress alike.
     for stamp in (record["created_at"], record["ready_at"], done["progress"]["updated_at"]):
@@ -158,12 +158,12 @@ async def test_delete_tears_the_project_down(api: httpx.AsyncClient, stack: Stac
     response = await api.delete(f"/projects/{slug}")
     assert response.status_code == 202, response.text
     assert response.headers["location"] == f"/projects/{slug}"
-    assert response.json()["workflow_id"] == f"project-teardown-{slug}"
+    assert response.json()["workflow_id"] == f"project-{slug}"
 
-    gone = await wait_for(api, slug, "teardown", ProjectStatus.DELETED)
-    assert [step["name"] for step in gone["teardown"]["steps"]] == [step.value for step in TEARDOWN_STEPS]
+    gone = await wait_for(api, slug, ProjectStatus.DELETED)
+    assert [step["name"] for step in gone["progress"]["steps"]] == [step.value for step in TEARDOWN_STEPS]
+    assert gone["progress"]["operation"] == "teardown"  # the latest operation of the project
     assert gone["record"]["status"] == "deleted"
-    assert gone["progress"]["status"] == "ready"  # the provisioning run's own account is unchanged
 
 
 async def test_delete_while_provisioning_is_a_conflict(api: httpx.AsyncClient, stack: Stack, held_project: str) -> None:
@@ -172,8 +172,8 @@ async def test_delete_while_provisioning_is_a_conflict(api: httpx.AsyncClient, s
     await wait_for_step(api, slug, StepName.AWAIT_READY)
     response = await api.delete(f"/projects/{slug}?delete_repository=true")
     assert response.status_code == 409
-    assert "being provisioned" in response.json()["detail"]
-    assert (await project(api, slug))["teardown"] is None
+    assert "being created" in response.json()["detail"]
+    assert (await project(api, slug))["progress"]["operation"] == "create"
 
 
 async def test_abort_of_a_stalled_project_rolls_it_back(api: httpx.AsyncClient, stack: Stack) -> None:
@@ -181,17 +181,17 @@ async def test_abort_of_a_stalled_project_rolls_it_back(api: httpx.AsyncClient, 
     stack.cluster.flux.stall(slug, slug, reason="BuildFailed", message="kustomize build failed")
     try:
         assert (await api.post("/projects", json=project_body(slug))).status_code == 202
-        waiting = await wait_for(api, slug, "progress", ProjectStatus.AWAITING_DECISION)
+        waiting = await wait_for(api, slug, ProjectStatus.AWAITING_DECISION)
         assert waiting["progress"]["decision"]["step"] == StepName.AWAIT_READY.value
         assert waiting["progress"]["decision"]["default_action"] == "abort"
         assert waiting["record"]["status"] == ProjectStatus.AWAITING_DECISION.value
 
         aborted = await api.post(f"/projects/{slug}/abort", json={"reason": "wrong overlay"})
         assert aborted.status_code == 202, aborted.text
-        failed = await wait_for(api, slug, "progress", ProjectStatus.FAILED)
+        failed = await wait_for(api, slug, ProjectStatus.FAILED)
     finally:
         stack.cluster.flux.unstall(slug, slug)
-    assert failed["record"]["status"] == ProjectStatus.FAILED.value
+    assert failed["record"]["status"] == ProjectStatus.ROLLED_BACK.value
     assert "wrong overlay" in failed["record"]["last_message"]
     assert not stack.namespace_exists(slug)
     # Decided already: a second decision is a conflict.
@@ -205,7 +205,7 @@ async def test_decisions_need_a_run_awaiting_one(
 ) -> None:
     missing = await api.post(f"/projects/never-{uuid.uuid4().hex[:6]}/{operation}")
     assert missing.status_code == 404
-    assert "has no provisioning run" in missing.json()["detail"]
+    assert "has no run" in missing.json()["detail"]
 
     assert (await api.post("/projects", json=project_body(held_project))).status_code == 202
     await wait_for_step(api, held_project, StepName.AWAIT_READY)
@@ -230,3 +230,43 @@ async def test_a_progress_no_worker_answers_is_503_with_the_reason(
             await stack.provisioner.handle(slug).terminate("test over")
     assert response.status_code == 503
     assert f"is a worker polling task queue {unpolled.task_queue!r}?" in response.json()["detail"]
+
+
+async def test_patch_updates_the_project_to_a_new_commit_and_a_second_post_is_refused(
+    api: httpx.AsyncClient, stack: Stack
+) -> None:
+    slug = unique_slug("patched")
+    assert (await api.post("/projects", json=project_body(slug))).status_code == 202
+    created = await stack.provisioner.wait(slug)
+
+    preview = await api.patch(f"/projects/{slug}", params={"dry_run": "true"}, json={"parameters": {"replicas": 4}})
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["base_commit"] == created.commit_sha and preview.json()["diff"].startswith("diff --git")
+    assert (await project(api, slug))["progress"]["operation"] == "create"  # the dry run started no operation
+
+    accepted = await api.patch(f"/projects/{slug}", json={"parameters": {"replicas": 4}})
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["workflow_id"] == f"project-{slug}"
+    done = await wait_for(api, slug, ProjectStatus.READY)
+    record, progress = done["record"], done["progress"]
+    assert progress["operation"] == "update" and record["operation"] == "update"
+    assert record["commit_sha"] != created.commit_sha and record["parameters"]["replicas"] == 4
+    assert record["applied_revision"] == progress["applied_revision"] == f"main@sha1:{record['commit_sha']}"
+
+    refused = await api.post("/projects", json=project_body(slug, parameters={"owner": "payments", "replicas": 2}))
+    assert refused.status_code == 409
+    assert "parameters.replicas" in refused.json()["detail"]
+
+
+async def test_patch_of_no_project_is_404_and_bad_parameters_are_422(api: httpx.AsyncClient, stack: Stack) -> None:
+    missing = await api.patch(f"/projects/{unique_slug('ghost')}", json={"parameters": {"replicas": 3}})
+    assert missing.status_code == 404
+    slug = unique_slug("strict")
+    assert (await api.post("/projects", json=project_body(slug))).status_code == 202
+    await stack.provisioner.wait(slug)
+    invalid = await api.patch(f"/projects/{slug}", json={"parameters": {"replicas": 99, "colour": "red"}})
+    assert invalid.status_code == 422, invalid.text
+    fields = {item["field"] for item in invalid.json()["detail"]}
+    assert fields == {"parameters.replicas", "parameters.colour"}
+    template = await api.patch(f"/projects/{slug}", json={"template": "worker"})
+    assert template.status_code == 422  # the template cannot change through an update

@@ -44,6 +44,7 @@ def test_operations_have_names_fit_for_generated_clients(document: dict[str, Any
         "get_project",
         "stream_progress",
         "delete_project",
+        "update_project",
         "retry_project",
         "abort_project",
     }

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from temporalio.service import RPCError, RPCStatusCode
 
-from provisioner.contracts import provisioning_workflow_id
+from provisioner.contracts import project_workflow_id
 from tests.api.conftest import Stack, project_body, unique_slug
 
 
@@ -53,7 +53,7 @@ async def test_an_invalid_request_gets_a_field_error_and_starts_nothing(
     item = next(item for item in response.json()["detail"] if item["field"] == field)
     assert item["loc"] == ["body", *field.split(".")]
     with pytest.raises(RPCError) as raised:
-        await stack.temporal.get_workflow_handle(provisioning_workflow_id(str(body["slug"]))).describe()
+        await stack.temporal.get_workflow_handle(project_workflow_id(str(body["slug"]))).describe()
     assert raised.value.status == RPCStatusCode.NOT_FOUND
 
 

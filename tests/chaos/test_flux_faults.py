@@ -9,8 +9,8 @@ from datetime import timedelta
 
 from temporalio.exceptions import ApplicationError
 
-from activities.records import get_project
 from provisioner.contracts import ErrorType, FailureAction, FailurePolicy, ProjectStatus, StepName, StepState
+from provisioner.db.projects import get_project
 from tests.chaos.fault_stack import ChaosStack
 from tests.chaos.verify import outcomes_of, start_runs, take_inventory, verify_exactly_once
 from tests.stack import unique_slug

@@ -50,7 +50,8 @@ async def test_a_request_the_server_never_answers_ends_at_the_request_timeout(ch
     started = time.monotonic()
     try:
         with pytest.raises(Exception, match="Read timed out"):
-            await asyncio.to_thread(flux.check_flux_readiness, ReadinessRequest(namespace="nobody", name="nobody"))
+            request = ReadinessRequest("nobody", "nobody", "main@sha1:" + "a" * 40, "token-1")
+            await asyncio.to_thread(flux.check_flux_readiness, request)
     finally:
         faults.reset()
     elapsed = time.monotonic() - started

@@ -9,7 +9,8 @@ import sys
 from dataclasses import dataclass
 
 from provisioner.contracts import ProjectStatus
-from tests.stack import Stack, unique_slug
+from provisioner.db.projects import get_project
+from tests.stack import Stack, git, unique_slug
 
 
 @dataclass
@@ -25,6 +26,9 @@ async def provisioner(stack: Stack, *args: str) -> Outcome:
         "TEMPORAL_ADDRESS": stack.temporal.service_client.config.target_host,
         "TEMPORAL_NAMESPACE": stack.temporal.namespace,
         "PROVISIONER_TASK_QUEUE": stack.settings.task_queue,
+        # What the CLI checks a request against before starting anything: the stack's templates and records.
+        "PROVISIONER_TEMPLATES_DIR": str(stack.settings.templates_dir),
+        "PROVISIONER_DATABASE_URL": stack.settings.effective_database_url,
         "COLUMNS": "160",
     }
     process = await asyncio.create_subprocess_exec(
@@ -59,7 +63,7 @@ async def test_create_shows_every_step_and_ends_ready(stack: Stack) -> None:
     assert deleted.code == 0, deleted.output
     assert f"{slug}: deleted (repository kept)" in deleted.output
     assert not stack.namespace_exists(slug)
-    assert (await stack.provisioner.teardown_progress(slug)).status is ProjectStatus.DELETED
+    assert (await stack.provisioner.progress(slug)).status is ProjectStatus.DELETED
 
 
 async def test_a_failed_create_exits_non_zero_naming_the_step_and_the_reason(stack: Stack) -> None:
@@ -78,7 +82,7 @@ async def test_errors_are_one_line_without_a_traceback_unless_debug(stack: Stack
     assert "Traceback" not in invalid.output
 
     no_run = await provisioner(stack, "retry", "never-provisioned")
-    assert no_run.code != 0 and "has no provisioning run" in no_run.output
+    assert no_run.code != 0 and "has no run" in no_run.output
 
     unreachable = {**os.environ, "TEMPORAL_ADDRESS": "127.0.0.1:1"}
     for debug, traceback_shown in ((), False), (("--debug",), True):
@@ -96,3 +100,33 @@ async def test_errors_are_one_line_without_a_traceback_unless_debug(stack: Stack
         output = (await asyncio.wait_for(process.communicate(), timeout=60))[0].decode()
         assert process.returncode != 0
         assert ("Traceback" in output) is traceback_shown, output
+
+
+async def test_update_moves_the_project_to_a_new_commit_that_status_names(stack: Stack) -> None:
+    slug = unique_slug("cli-upd")
+    created = await provisioner(stack, "create", slug, "-p", "owner=payments", "--ready-timeout", "60")
+    assert created.code == 0, created.output
+
+    dry = await provisioner(stack, "update", slug, "-p", "replicas=3", "--dry-run")
+    assert dry.code == 0, dry.output
+    assert "diff --git a/k8s/overlays/production/kustomization.yaml" in dry.output
+    record = get_project(stack.settings.effective_database_url, slug)
+    assert record is not None
+    head = git("ls-remote", record.repo_url or "", "refs/heads/main").split()[0]
+    assert head == record.commit_sha  # the dry run pushed nothing
+
+    updated = await provisioner(stack, "update", slug, "-p", "replicas=3", "--ready-timeout", "60")
+    assert updated.code == 0, updated.output
+    assert f"{slug}: ready" in updated.output
+
+    # The outside world: the branch head, the Kustomization, and what `status` names, all the same commit.
+    head = git("ls-remote", record.repo_url or "", "refs/heads/main").split()[0]
+    assert head != record.commit_sha
+    kustomization = stack.flux_object("Kustomization", slug)
+    assert kustomization["status"]["lastAppliedRevision"] == f"main@sha1:{head}"
+    status = await provisioner(stack, "status", slug)
+    assert status.code == 0 and f"Flux applied main@sha1:{head}" in status.output and "update" in status.output
+
+    again = await provisioner(stack, "create", slug, "-p", "owner=payments", "-p", "replicas=5")
+    assert again.code != 0
+    assert "already exists" in again.output and "parameters.replicas" in again.output

@@ -30,7 +30,7 @@ async def test_starting_the_same_project_twice_attaches_to_the_running_provision
     slug = f"dup-{uuid.uuid4().hex[:6]}"
     first = await client.start(spec(slug))
     second = await client.start(spec(slug))
-    assert first.id == second.id == f"project-init-{slug}"
+    assert first.id == second.id == f"project-{slug}"
     assert first.result_run_id == second.result_run_id
     description = await client.handle(slug).describe()
     assert description.status == WorkflowExecutionStatus.RUNNING
@@ -64,7 +64,7 @@ async def test_list_finds_runs_by_their_search_attributes(client: ProvisionerCli
             await asyncio.sleep(0.1)
         assert len(runs) == 1
         assert (runs[0].workflow_id, runs[0].template, runs[0].execution_status) == (
-            f"project-init-{slug}",
+            f"project-{slug}",
             "web-service",
             "RUNNING",
         )
@@ -75,7 +75,7 @@ async def test_list_finds_runs_by_their_search_attributes(client: ProvisionerCli
 
 
 async def test_a_decision_needs_a_run_awaiting_one(client: ProvisionerClient) -> None:
-    with pytest.raises(NoSuchRun, match="has no provisioning run"):
+    with pytest.raises(NoSuchRun, match="has no run"):
         await client.decide(f"never-{uuid.uuid4().hex[:6]}", OperatorDecision(FailureAction.RETRY))
     slug = f"ended-{uuid.uuid4().hex[:6]}"
     await client.start(spec(slug))
@@ -115,7 +115,7 @@ def test_the_progress_view_renders_every_status() -> None:
     console = Console(width=120, record=True)
     for status in ProjectStatus:
         steps = [StepProgress(name=name, title=STEP_TITLES[name]) for name in PROVISIONING_STEPS]
-        console.print(render_progress(Progress("shop", "project-init-shop", status, 0, steps)))
+        console.print(render_progress(Progress("shop", "project-shop", status, 0, steps)))
         assert status.value in console.export_text()
 
 
@@ -126,4 +126,4 @@ async def test_provisioning_is_refused_while_a_teardown_runs(client: Provisioner
         with pytest.raises(ProjectConflict, match="torn down"):
             await client.start(spec(slug))
     finally:
-        await client.teardown_handle(slug).terminate("test cleanup")
+        await client.handle(slug).terminate("test cleanup")

@@ -27,22 +27,22 @@ async def test_a_second_identical_teardown_attaches_to_the_running_one(client: P
     first = await client.teardown(name)
     second = await client.teardown(name)
     try:
-        assert first.id == second.id == f"project-teardown-{name}"
+        assert first.id == second.id == f"project-{name}"
         assert first.result_run_id == second.result_run_id
-        description = await client.teardown_handle(name).describe()
+        description = await client.handle(name).describe()
         assert description.typed_search_attributes.get(SEARCH_ATTRIBUTE_SLUG) == name
         assert description.typed_search_attributes.get(SEARCH_ATTRIBUTE_STATUS) == ProjectStatus.DELETING.value
         with pytest.raises(ProjectConflict, match="different request"):
             await client.teardown(name, delete_repository=True)
     finally:
-        await client.teardown_handle(name).terminate("test cleanup")
+        await client.handle(name).terminate("test cleanup")
 
 
 async def test_a_running_provisioning_refuses_the_teardown(client: ProvisionerClient) -> None:
     name = slug("prov")
     await client.start(ProjectSpec(slug=name, display_name="Shop", template="web-service"))
     try:
-        with pytest.raises(ProjectConflict, match="being provisioned"):
+        with pytest.raises(ProjectConflict, match="being created"):
             await client.teardown(name)
     finally:
         await client.handle(name).terminate("test cleanup")

@@ -14,7 +14,7 @@ from sqlalchemy import Column, Engine, MetaData, String, inspect, text
 from provisioner.db import Base, engine_for, migrate
 from provisioner.db.engine import ALEMBIC_INI
 
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 
 def schema_differences(engine: Engine, metadata: MetaData) -> list[object]:

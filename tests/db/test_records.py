@@ -7,6 +7,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -18,13 +19,12 @@ from temporalio.testing import ActivityEnvironment
 from activities.records import (
     ProjectRecordSummary,
     RecordActivities,
-    get_project,
-    list_projects,
     update_project,
     upsert_project,
 )
-from provisioner.contracts import ErrorType, ProjectRecordUpdate, ProjectStatus
+from provisioner.contracts import ErrorType, ProjectIdentity, ProjectRecordUpdate, ProjectStatus
 from provisioner.db import engine_for, migrate
+from provisioner.db.projects import get_project, list_projects
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -38,10 +38,12 @@ def persist_update(slug: str = "billing-api") -> ProjectRecordUpdate:
         template="web-service",
         environment="development",
         namespace=slug,
-        workflow_id=f"project-init-{slug}",
+        workflow_id=f"project-{slug}",
         repo_url=f"http://git.example/{slug}.git",
         commit_sha="a" * 40,
+        operation="create",
         last_message="Repository pushed",
+        parameters={"owner": "payments", "replicas": 2},
     )
 
 
@@ -83,13 +85,16 @@ def test_the_first_upsert_inserts_the_full_record(postgres_url: str) -> None:
         "environment": "development",
         "status": ProjectStatus.PROVISIONING,
         "namespace": "billing-api",
-        "workflow_id": "project-init-billing-api",
+        "workflow_id": "project-billing-api",
         "repo_url": "http://git.example/billing-api.git",
         "commit_sha": "a" * 40,
         "last_message": "Repository pushed",
         "created_at": T0,
         "updated_at": T0,
         "ready_at": None,
+        "applied_revision": None,
+        "operation": "create",
+        "parameters": {"owner": "payments", "replicas": 2},
     }
     assert project.created_at.tzinfo is not None and project.created_at.utcoffset() == timedelta(0)
 
@@ -370,3 +375,130 @@ def test_a_stale_update_of_an_existing_record_is_skipped(postgres_url: str) -> N
     assert update_project(engine, replace(deleting, slug="unknown", written_at=T0), now=T0) is None
     project = get_project(postgres_url, "billing-api")
     assert project is not None and project.status is ProjectStatus.DELETED
+
+
+# ---- A create claims the slug; the revision never describes another commit ------------------------------------
+
+
+def claim(slug: str = "billing-api", **changes: Any) -> ProjectRecordUpdate:
+    """A create's first write: the identity, no repository or commit yet."""
+    update = replace(persist_update(slug), repo_url=None, commit_sha=None, claim=True)
+    return replace(update, **changes)
+
+
+def test_a_claim_of_a_live_project_with_another_identity_is_refused_naming_the_fields(postgres_url: str) -> None:
+    engine = engine_for(postgres_url)
+    upsert_project(engine, persist_update(), now=T0)
+    other = claim(environment="production", parameters={"owner": "payments", "replicas": 3})
+
+    with pytest.raises(ApplicationError) as refused:
+        upsert_project(engine, other, now=T0 + timedelta(1))
+
+    assert refused.value.type == ErrorType.PROJECT_CONFLICT.value and refused.value.non_retryable
+    assert "environment" in refused.value.message and "parameters.replicas" in refused.value.message
+    assert "parameters.owner" not in refused.value.message and "display_name" not in refused.value.message
+    project = get_project(postgres_url, "billing-api")
+    assert project is not None  # untouched
+    assert (project.environment, project.parameters, project.updated_at) == (
+        "development",
+        {"owner": "payments", "replicas": 2},
+        T0,
+    )
+
+
+def test_a_claim_with_the_same_identity_passes(postgres_url: str) -> None:
+    engine = engine_for(postgres_url)
+    upsert_project(engine, persist_update(), now=T0)
+    summary = upsert_project(engine, claim(), now=T0 + timedelta(1))
+    assert summary.applied and summary.status is ProjectStatus.PROVISIONING
+
+
+def test_an_int_and_a_bool_parameter_are_different_values(postgres_url: str) -> None:
+    engine = engine_for(postgres_url)
+    upsert_project(engine, persist_update(), now=T0)
+    with pytest.raises(ApplicationError, match=r"parameters\.replicas"):
+        upsert_project(engine, claim(parameters={"owner": "payments", "replicas": 2.0}), now=T0 + timedelta(1))
+
+
+@pytest.mark.parametrize("free_status", [ProjectStatus.DELETED, ProjectStatus.ROLLED_BACK])
+def test_a_claim_takes_a_free_slug_and_nothing_of_the_old_project_carries_over(
+    postgres_url: str, free_status: ProjectStatus
+) -> None:
+    engine = engine_for(postgres_url)
+    upsert_project(engine, persist_update(), now=T0)
+    ready = ProjectRecordUpdate(
+        "billing-api", ProjectStatus.READY, commit_sha="a" * 40, applied_revision="main@sha1:" + "a" * 40
+    )
+    upsert_project(engine, ready, now=T0 + timedelta(1))
+    upsert_project(engine, ProjectRecordUpdate("billing-api", free_status), now=T0 + timedelta(2))
+
+    upsert_project(engine, claim(environment="production", template="worker"), now=T0 + timedelta(3))
+
+    project = get_project(postgres_url, "billing-api")
+    assert project is not None
+    assert (project.environment, project.template, project.status) == (
+        "production",
+        "worker",
+        ProjectStatus.PROVISIONING,
+    )
+    assert project.created_at == T0 + timedelta(3)
+    assert (project.commit_sha, project.applied_revision, project.repo_url, project.ready_at) == (None,) * 4
+
+
+def test_a_claim_of_a_row_written_before_parameters_were_kept_compares_the_rest(postgres_url: str) -> None:
+    engine = engine_for(postgres_url)
+    upsert_project(engine, replace(persist_update(), parameters=None), now=T0)
+    upsert_project(engine, claim(parameters={"anything": 1}), now=T0 + timedelta(1))  # cannot be told apart
+    with pytest.raises(ApplicationError, match="template"):
+        upsert_project(engine, claim(template="worker"), now=T0 + timedelta(2))
+
+
+def test_a_new_commit_clears_the_revision_of_the_old_one(postgres_url: str) -> None:
+    """The record never pairs one commit with another commit's readiness."""
+    engine = engine_for(postgres_url)
+    old, new = "a" * 40, "b" * 40
+    upsert_project(engine, persist_update(), now=T0)
+    upsert_project(
+        engine,
+        ProjectRecordUpdate("billing-api", ProjectStatus.READY, commit_sha=old, applied_revision=f"main@sha1:{old}"),
+        now=T0 + timedelta(1),
+    )
+    # The same commit written again (e.g. a finalize without a verdict) keeps its revision ...
+    upsert_project(
+        engine, ProjectRecordUpdate("billing-api", ProjectStatus.UPDATING, commit_sha=old), now=T0 + timedelta(2)
+    )
+    project = get_project(postgres_url, "billing-api")
+    assert project is not None and project.applied_revision == f"main@sha1:{old}"
+    # ... a new commit without a Ready verdict for it clears it, in both write paths.
+    upsert_project(
+        engine, ProjectRecordUpdate("billing-api", ProjectStatus.NOT_READY, commit_sha=new), now=T0 + timedelta(3)
+    )
+    project = get_project(postgres_url, "billing-api")
+    assert project is not None and (project.commit_sha, project.applied_revision) == (new, None)
+    update_project(
+        engine,
+        ProjectRecordUpdate("billing-api", ProjectStatus.READY, commit_sha=old, applied_revision=f"main@sha1:{old}"),
+        now=T0 + timedelta(4),
+    )
+    update_project(
+        engine, ProjectRecordUpdate("billing-api", ProjectStatus.FAILED, commit_sha=new), now=T0 + timedelta(5)
+    )
+    project = get_project(postgres_url, "billing-api")
+    assert project is not None and (project.commit_sha, project.applied_revision) == (new, None)
+
+
+def test_read_project_record_returns_the_live_identity_only(postgres_url: str) -> None:
+    activities = RecordActivities(postgres_url)
+    environment = ActivityEnvironment()
+    assert environment.run(activities.read_project_record, "billing-api") is None
+    upsert_project(engine_for(postgres_url), persist_update(), now=T0)
+    stored = environment.run(activities.read_project_record, "billing-api")
+    assert stored is not None
+    assert stored.identity == ProjectIdentity(
+        "Billing API", "web-service", "development", {"owner": "payments", "replicas": 2}
+    )
+    assert stored.commit_sha == "a" * 40
+    upsert_project(
+        engine_for(postgres_url), ProjectRecordUpdate("billing-api", ProjectStatus.DELETED), now=T0 + timedelta(1)
+    )
+    assert environment.run(activities.read_project_record, "billing-api") is None

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from activities.records import RecordActivities, get_project, update_project, upsert_project
+from activities.records import RecordActivities, update_project, upsert_project
 from provisioner.contracts import ProjectRecordUpdate, ProjectStatus
 from provisioner.db import engine_for, migrate
+from provisioner.db.projects import get_project
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -22,7 +23,7 @@ def provisioned(slug: str = "billing-api") -> ProjectRecordUpdate:
         template="web-service",
         environment="development",
         namespace=slug,
-        workflow_id=f"project-init-{slug}",
+        workflow_id=f"project-{slug}",
         repo_url=f"http://git.example/{slug}.git",
         commit_sha="a" * 40,
         last_message="Ready",
@@ -45,7 +46,7 @@ def test_marking_a_recorded_project_keeps_what_is_known(database_url: str) -> No
     deleting = ProjectRecordUpdate(
         slug="billing-api",
         status=ProjectStatus.DELETING,
-        workflow_id="project-teardown-billing-api",
+        workflow_id="project-billing-api",
         last_message="teardown started",
     )
     summary = update_project(engine, deleting, now=T0 + timedelta(minutes=1))
@@ -61,7 +62,7 @@ def test_marking_a_recorded_project_keeps_what_is_known(database_url: str) -> No
     assert (record.status, record.last_message, record.workflow_id) == (
         ProjectStatus.DELETED,
         "gone",
-        "project-teardown-billing-api",
+        "project-billing-api",
     )
     assert (record.display_name, record.template, record.repo_url) == (
         "Billing API",

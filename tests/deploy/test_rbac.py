@@ -134,15 +134,16 @@ def exercise_every_flux_activity(flux: FluxActivities) -> set[str]:
     spec = ProjectSpec(slug="shop", display_name="Shop", template="web-service", parameters={"owner": "x"})
     # Private, so the apply writes the credentials Secret as well.
     repository = RepositoryInfo("shop", "http://127.0.0.1:1/shop.git", "main", True, requires_credentials=True)
-    apply = FluxApplyRequest(spec, repository, "a" * 40, "k8s/overlays/development")
-    readiness = ReadinessRequest(namespace="shop", name="shop")
+    apply = FluxApplyRequest(spec, repository, "a" * 40, "k8s/overlays/development", "token-1")
+    readiness = ReadinessRequest("shop", "shop", revision=f"main@sha1:{'a' * 40}", requested_at="token-1")
     deletion = FluxDeletionRequest(namespace="shop", name="shop", project="shop")
 
     flux.check_flux_readiness(readiness)
     flux.check_flux_deletion(deletion)
     flux.delete_flux_resources(deletion)
     flux.apply_flux_resources(apply)  # creates
-    flux.apply_flux_resources(FluxApplyRequest(spec, repository, "b" * 40, "k8s/overlays/development"))  # updates
+    updated = FluxApplyRequest(spec, repository, "b" * 40, "k8s/overlays/development", "token-2")
+    flux.apply_flux_resources(updated)  # updates
     flux.check_flux_readiness(readiness)
     flux.delete_flux_resources(deletion)
     deadline = time.monotonic() + 10

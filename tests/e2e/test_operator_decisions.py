@@ -10,7 +10,6 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from activities.records import get_project
 from provisioner.client import ProjectConflict
 from provisioner.contracts import (
     ErrorType,
@@ -22,6 +21,7 @@ from provisioner.contracts import (
     StepName,
     StepState,
 )
+from provisioner.db.projects import get_project
 from tests.stack import Stack, spec_for, unique_slug
 
 WAIT_FOR_AN_OPERATOR = FailurePolicy(decision_timeout=timedelta(hours=1))
@@ -77,12 +77,19 @@ async def test_abort_removes_what_the_run_made(stack: Stack, delete_repository: 
     assert not stack.flux_object_exists("Kustomization", slug)
     assert repository.exists() is not delete_repository
     record = get_project(stack.settings.effective_database_url, slug)
-    assert record is not None and record.status == ProjectStatus.FAILED.value
+    assert record is not None and record.status == ProjectStatus.ROLLED_BACK.value
     assert "wrong template" in record.last_message and "rolled back" in record.last_message
     progress = await stack.provisioner.progress(slug)
     states = {step.name: step.state for step in progress.steps}
     assert states[StepName.AWAIT_DELETION] is StepState.SUCCEEDED
     assert states[StepName.MARK_FAILED] is StepState.SUCCEEDED
+    # A rolled-back creation frees the slug: a create with another spec is a new project.
+    anew = spec_for(slug, environment="production", parameters={"owner": "search", "replicas": 2})
+    result = await (await stack.provisioner.start(anew)).result()
+    assert result.status is ProjectStatus.READY, result.message
+    record = get_project(stack.settings.effective_database_url, slug)
+    assert record is not None and record.environment == "production" and record.parameters is not None
+    assert (record.parameters["owner"], record.parameters["replicas"], record.parameters["port"]) == ("search", 2, 8080)
 
 
 async def test_no_decision_within_the_bound_applies_the_default(stack: Stack) -> None:
@@ -94,5 +101,5 @@ async def test_no_decision_within_the_bound_applies_the_default(stack: Stack) ->
     stack.cluster.flux.unstall(slug, slug)
     assert not stack.namespace_exists(slug)
     record = get_project(stack.settings.effective_database_url, slug)
-    assert record is not None and record.status == ProjectStatus.FAILED.value
+    assert record is not None and record.status == ProjectStatus.ROLLED_BACK.value
     assert "no decision within" in record.last_message

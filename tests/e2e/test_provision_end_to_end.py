@@ -10,16 +10,15 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from activities.records import get_project
 from provisioner.contracts import (
     PROVISIONING_STEPS,
     ErrorType,
     FailureAction,
     FailurePolicy,
     ProjectStatus,
-    StepName,
     StepState,
 )
+from provisioner.db.projects import get_project
 from tests.stack import Stack, git, spec_for, unique_slug
 
 # A failure that should end the run at once rather than wait for an operator (tests/e2e/test_operator_decisions.py).
@@ -46,7 +45,7 @@ async def test_provisions_a_project_end_to_end(stack: Stack, tmp_path: Path) -> 
     assert record is not None
     assert record.status == ProjectStatus.READY.value
     assert (record.repo_url, record.commit_sha, record.namespace) == (result.repo_url, result.commit_sha, slug)
-    assert record.workflow_id == handle.id == f"project-init-{slug}"
+    assert record.workflow_id == handle.id == f"project-{slug}"
 
     # The cluster: three objects, labelled, and Flux (simulated) reports Ready for the pushed revision.
     assert stack.namespace_exists(slug)
@@ -65,15 +64,16 @@ async def test_provisions_a_project_end_to_end(stack: Stack, tmp_path: Path) -> 
 
 async def test_provisioning_the_same_project_twice_creates_nothing_new(stack: Stack, tmp_path: Path) -> None:
     slug = unique_slug("twice")
-    first = await (await stack.provisioner.start(spec_for(slug))).result()
+    first_handle = await stack.provisioner.start(spec_for(slug))
+    first = await first_handle.result()
     versions = stack.resource_versions(slug)
-    second = await (await stack.provisioner.start(spec_for(slug))).result()
+    second_handle = await stack.provisioner.start(spec_for(slug))
+    second = await second_handle.result()
 
-    assert second.status is ProjectStatus.READY
-    assert second.commit_sha == first.commit_sha
-    steps = {s.name: s for s in second.progress.steps}
-    assert "already present" in steps[StepName.CREATE_REPOSITORY].message
-    assert "already up to date" in steps[StepName.PUSH_TEMPLATE].message
+    # The same identity and content is a no-op: the project's run is returned, no other is started.
+    assert second_handle.id == first_handle.id
+    assert (await second_handle.describe()).run_id == first_handle.result_run_id
+    assert second == first
     assert stack.resource_versions(slug) == versions
     assert git("ls-remote", first.repo_url).count("refs/heads/") == 1
     clone = tmp_path / "clone"

@@ -49,7 +49,7 @@ def flux(cluster: SandboxCluster, tmp_path: Path) -> FluxActivities:
 def apply_request(slug: str) -> FluxApplyRequest:
     spec = ProjectSpec(slug=slug, display_name="Shop", template="web-service", parameters={"owner": "x"})
     repository = RepositoryInfo(slug, f"http://127.0.0.1:1/{slug}.git", "main", True)
-    return FluxApplyRequest(spec, repository, "a" * 40, "k8s/overlays/development")
+    return FluxApplyRequest(spec, repository, "a" * 40, "k8s/overlays/development", "token-1")
 
 
 def deletion(slug: str = "shop") -> FluxDeletionRequest:

@@ -50,7 +50,7 @@ def settings_for(kubeconfig: Path, **overrides: Any) -> Settings:
 def request_for(slug: str, url: str, *, private: bool, commit: str = "a" * 40) -> FluxApplyRequest:
     spec = ProjectSpec(slug=slug, display_name="Shop", template="web-service", parameters={"owner": "x"})
     repository = RepositoryInfo(slug, url, "main", True, requires_credentials=private)
-    return FluxApplyRequest(spec, repository, commit, "k8s/overlays/development")
+    return FluxApplyRequest(spec, repository, commit, "k8s/overlays/development", f"token-{commit[:8]}")
 
 
 @pytest.fixture
@@ -146,12 +146,15 @@ def test_flux_clones_with_the_secret(tmp_path: Path) -> None:
     git("add", "README.md", cwd=work)
     git("commit", "-q", "-m", "first", cwd=work)
     git("push", "-q", str(repos / "shop.git"), "main", cwd=work)
+    commit = git("rev-parse", "HEAD", cwd=work).stdout.strip()
     with GitHttpServer(repos) as server, SandboxCluster(flux=FluxSimulatorConfig(source_retry_interval=0.2)) as cluster:
         flux = FluxActivities(settings_for(cluster.write_kubeconfig(tmp_path / "kubeconfig")))
-        flux.apply_flux_resources(request_for("shop", f"{server.base_url}/shop.git", private=True))
+        apply = request_for("shop", f"{server.base_url}/shop.git", private=True, commit=commit)
+        flux.apply_flux_resources(apply)
+        expected = ReadinessRequest("shop", "shop", revision=f"main@sha1:{commit}", requested_at=apply.requested_at)
         deadline = time.monotonic() + 15
         while True:
-            report = flux.check_flux_readiness(ReadinessRequest(namespace="shop", name="shop"))
+            report = flux.check_flux_readiness(expected)
             source = report.objects[0]
             if source.state is ReadinessState.READY or time.monotonic() > deadline:
                 break

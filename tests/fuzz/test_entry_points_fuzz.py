@@ -33,7 +33,6 @@ from temporalio.client import (
 )
 from temporalio.exceptions import ApplicationError
 
-from activities.records import get_project
 from provisioner.api import create_app
 from provisioner.client import InvalidRequest, ProvisionerClient
 from provisioner.contracts import (
@@ -44,6 +43,7 @@ from provisioner.contracts import (
     ProjectStatus,
     ProvisioningResult,
 )
+from provisioner.db.projects import get_project
 from tests.fuzz.checks import MAX_ERROR_LENGTH, activities_and_timers, assert_clear, error_heads, heads
 from tests.fuzz.footprint import Footprint, footprint, project_footprint
 from tests.fuzz.strategies import (

@@ -22,7 +22,7 @@ from provisioner.contracts import (
     Parameters,
     ProjectSpec,
     is_template_name,
-    provisioning_workflow_id,
+    project_workflow_id,
     slug_errors,
     validate_spec,
 )
@@ -173,7 +173,7 @@ def test_accepted_names_are_names_kubernetes_the_database_and_the_filesystem_acc
     if not slug_errors(name):
         assert is_kubernetes_label(name)
         assert len(name) <= SLUG_LENGTH
-        assert len(provisioning_workflow_id(name)) <= WORKFLOW_ID_LENGTH
+        assert len(project_workflow_id(name)) <= WORKFLOW_ID_LENGTH
     if is_template_name(name):
         assert len(name) <= TEMPLATE_LENGTH
         try:  # a name that is no template is UnknownTemplate, never an OSError from the filesystem

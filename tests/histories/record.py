@@ -34,7 +34,6 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowHist
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.records import get_project
 from provisioner.binaries import bundled_binary
 from provisioner.contracts import (
     ErrorType,
@@ -42,19 +41,19 @@ from provisioner.contracts import (
     FailurePolicy,
     OperatorDecision,
     ProjectStatus,
+    ProjectUpdate,
     StepName,
-    StepState,
-    TeardownSpec,
-    provisioning_workflow_id,
-    teardown_workflow_id,
+    dry_run_workflow_id,
+    project_workflow_id,
 )
 from provisioner.db import dispose_engine
+from provisioner.db.projects import get_project
 from provisioner.temporal import DATA_CONVERTER, register_search_attributes
 from tests.catalogue import SHIPPED_TEMPLATES
 from tests.postgres import DEFAULT_TEST_DATABASE_URL, TEST_DATABASE_URL_ENV, temporary_postgres_database
 from tests.stack import Stack, running_stack, spec_for
 from workflows.project_init import ProjectInitWorkflow
-from workflows.project_teardown import ProjectTeardownWorkflow
+from workflows.project_update import ProjectPreviewWorkflow, ProjectUpdateWorkflow
 
 HISTORIES_DIR = Path(__file__).resolve().parent
 WAIT_FOR_AN_OPERATOR = FailurePolicy(decision_timeout=timedelta(hours=1))
@@ -169,7 +168,7 @@ async def undecodable_request(stack: Stack) -> None:
     handle = await stack.temporal.start_workflow(
         "ProjectInitWorkflow",
         {"slug": "hist-undecodable-input"},
-        id=provisioning_workflow_id("hist-undecodable-input"),
+        id=project_workflow_id("hist-undecodable-input"),
         task_queue=stack.settings.task_queue,
     )
     failure = await run_failure(handle)
@@ -195,46 +194,85 @@ async def teardown_deleting_repository(stack: Stack) -> None:
     await teardown(stack, "hist-teardown-delete", delete_repository=True)
 
 
-async def teardown_while_provisioning(stack: Stack) -> None:
-    """The client refuses this up front; the workflow refuses it too (ProjectBusy) when started some other way."""
-    slug = "hist-teardown-busy"
-    stack.cluster.flux.hold(namespace=slug)
-    try:
-        provisioning = await stack.provisioner.start(spec_for(slug))
-        async for progress in stack.provisioner.watch(slug):
-            if next(s for s in progress.steps if s.name is StepName.AWAIT_READY).state is StepState.RUNNING:
-                break
-        refused = await stack.temporal.start_workflow(
-            ProjectTeardownWorkflow.run,
-            TeardownSpec(slug=slug),
-            id=teardown_workflow_id(slug),
-            task_queue=stack.settings.task_queue,
-        )
-        failure = await run_failure(refused)
-    finally:
-        stack.cluster.flux.release(slug)
-    assert failure.type == ErrorType.PROJECT_BUSY.value, failure.message
-    assert (await provisioning.result()).status is ProjectStatus.READY
+# ---- ProjectUpdateWorkflow and ProjectPreviewWorkflow -----------------------------------------------------------
+
+
+async def update_to_a_new_commit(stack: Stack) -> None:
+    slug = "hist-update"
+    created = await (await stack.provisioner.start(spec_for(slug))).result()
+    updated = await (await stack.provisioner.update(ProjectUpdate(slug=slug, parameters={"replicas": 3}))).result()
+    assert updated.status is ProjectStatus.READY and updated.commit_sha != created.commit_sha, updated.message
+    assert updated.applied_revision == f"main@sha1:{updated.commit_sha}", updated.applied_revision
+
+
+async def update_changing_nothing(stack: Stack) -> None:
+    slug = "hist-update-unchanged"
+    created = await (await stack.provisioner.start(spec_for(slug, wait_for_ready=False))).result()
+    updated = await (await stack.provisioner.update(ProjectUpdate(slug=slug, wait_for_ready=False))).result()
+    assert updated.commit_sha == created.commit_sha, (updated.commit_sha, created.commit_sha)
+
+
+async def update_of_no_project(stack: Stack) -> None:
+    """The client refuses it (NoSuchProject); the workflow refuses it too when started some other way."""
+    slug = "hist-update-missing"
+    handle = await stack.temporal.start_workflow(
+        ProjectUpdateWorkflow.run,
+        ProjectUpdate(slug=slug),
+        id=project_workflow_id(slug),
+        task_queue=stack.settings.task_queue,
+    )
+    failure = await run_failure(handle)
+    assert failure.type == ErrorType.NO_SUCH_PROJECT.value, failure.message
+
+
+async def create_conflicting_with_the_live_project(stack: Stack) -> None:
+    """The client refuses it (ProjectConflict); the record's claim refuses it when started some other way."""
+    slug = "hist-conflict"
+    await (await stack.provisioner.start(spec_for(slug, wait_for_ready=False))).result()
+    handle = await stack.temporal.start_workflow(
+        ProjectInitWorkflow.run,
+        spec_for(slug, environment="production"),
+        id=project_workflow_id(slug),
+        task_queue=stack.settings.task_queue,
+    )
+    failure = await run_failure(handle)
+    assert failure.type == ErrorType.PROJECT_CONFLICT.value and "environment" in failure.message, failure.message
+
+
+async def dry_run_of_an_update(stack: Stack) -> None:
+    slug = "hist-preview"
+    await (await stack.provisioner.start(spec_for(slug, wait_for_ready=False))).result()
+    preview = await stack.temporal.execute_workflow(
+        ProjectPreviewWorkflow.run,
+        ProjectUpdate(slug=slug, parameters={"replicas": 4}, dry_run=True),
+        id=dry_run_workflow_id(slug),
+        task_queue=stack.settings.task_queue,
+    )
+    assert preview.changed_files and preview.diff, preview
 
 
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("init_ready", provisioning_workflow_id("hist-ready"), provision_ready),
-    Scenario("init_provisioned", provisioning_workflow_id("hist-provisioned"), provision_without_waiting),
-    Scenario("init_not_ready", provisioning_workflow_id("hist-not-ready"), provision_not_ready),
+    Scenario("init_ready", project_workflow_id("hist-ready"), provision_ready),
+    Scenario("init_provisioned", project_workflow_id("hist-provisioned"), provision_without_waiting),
+    Scenario("init_not_ready", project_workflow_id("hist-not-ready"), provision_not_ready),
     Scenario(
         "init_push_retried",
-        provisioning_workflow_id("hist-push-retried"),
+        project_workflow_id("hist-push-retried"),
         provision_after_a_failed_push,
         exclusive=True,
     ),
-    Scenario("init_decision_retry", provisioning_workflow_id("hist-decision-retry"), operator_retries),
-    Scenario("init_decision_abort", provisioning_workflow_id("hist-decision-abort"), operator_aborts),
-    Scenario("init_decision_timeout", provisioning_workflow_id("hist-decision-timeout"), nobody_decides),
-    Scenario("init_invalid_input", provisioning_workflow_id("hist-invalid-input"), invalid_request),
-    Scenario("init_undecodable_input", provisioning_workflow_id("hist-undecodable-input"), undecodable_request),
-    Scenario("teardown_keep_repository", teardown_workflow_id("hist-teardown-keep"), teardown_keeping_repository),
-    Scenario("teardown_delete_repository", teardown_workflow_id("hist-teardown-delete"), teardown_deleting_repository),
-    Scenario("teardown_refused_busy", teardown_workflow_id("hist-teardown-busy"), teardown_while_provisioning),
+    Scenario("init_decision_retry", project_workflow_id("hist-decision-retry"), operator_retries),
+    Scenario("init_decision_abort", project_workflow_id("hist-decision-abort"), operator_aborts),
+    Scenario("init_decision_timeout", project_workflow_id("hist-decision-timeout"), nobody_decides),
+    Scenario("init_invalid_input", project_workflow_id("hist-invalid-input"), invalid_request),
+    Scenario("init_undecodable_input", project_workflow_id("hist-undecodable-input"), undecodable_request),
+    Scenario("teardown_keep_repository", project_workflow_id("hist-teardown-keep"), teardown_keeping_repository),
+    Scenario("teardown_delete_repository", project_workflow_id("hist-teardown-delete"), teardown_deleting_repository),
+    Scenario("init_conflict", project_workflow_id("hist-conflict"), create_conflicting_with_the_live_project),
+    Scenario("update_ready", project_workflow_id("hist-update"), update_to_a_new_commit),
+    Scenario("update_unchanged", project_workflow_id("hist-update-unchanged"), update_changing_nothing),
+    Scenario("update_no_such_project", project_workflow_id("hist-update-missing"), update_of_no_project),
+    Scenario("preview", dry_run_workflow_id("hist-preview"), dry_run_of_an_update),
 )
 SCENARIO_NAMES = frozenset(scenario.name for scenario in SCENARIOS)
 

@@ -18,12 +18,12 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer, WorkflowRunner
 
 from provisioner.contracts import (
+    ProjectIdentity,
     ProjectSpec,
+    ProjectUpdate,
     ProvisioningResult,
     RepositoryInfo,
     StepName,
-    TeardownResult,
-    TeardownSpec,
 )
 from provisioner.temporal import DATA_CONVERTER
 from tests.histories.clock_reading_workflow import InitReadingTheSystemClock
@@ -37,7 +37,7 @@ from tests.histories.record import (
 )
 from worker import DETERMINISM_GUARD_RUNNER, WORKFLOW_RUNNER, WORKFLOWS
 from workflows.project_init import CREATE_REPOSITORY, ProjectInitWorkflow
-from workflows.project_teardown import DESCRIBE_PROVISIONING_RUN, ProjectTeardownWorkflow
+from workflows.project_update import READ_PROJECT_RECORD, ProjectUpdateWorkflow
 
 CREDENTIALS_IN_URL = re.compile(rb"[a-z+]+://[^/\s:@\"]+:[^/\s@\"]+@")
 
@@ -108,7 +108,7 @@ class InitWithAnActivityAddedFirst(ProjectInitWorkflow):
     @workflow.run
     async def run(self, spec: ProjectSpec) -> ProvisioningResult:
         await workflow.execute_activity(
-            DESCRIBE_PROVISIONING_RUN, spec.slug, start_to_close_timeout=timedelta(seconds=10)
+            READ_PROJECT_RECORD, spec.slug, start_to_close_timeout=timedelta(seconds=10)
         )
         return await super().run(spec)
 
@@ -121,7 +121,7 @@ class InitWithAPatchedActivity(ProjectInitWorkflow):
     async def run(self, spec: ProjectSpec) -> ProvisioningResult:
         if workflow.patched("describe-before-provisioning"):
             await workflow.execute_activity(
-                DESCRIBE_PROVISIONING_RUN, spec.slug, start_to_close_timeout=timedelta(seconds=10)
+                READ_PROJECT_RECORD, spec.slug, start_to_close_timeout=timedelta(seconds=10)
             )
         return await super().run(spec)
 
@@ -142,24 +142,20 @@ class InitWithStepsReordered(ProjectInitWorkflow):
         return await super()._provision(spec)
 
 
-@workflow.defn(name="ProjectTeardownWorkflow", sandboxed=False)
-class TeardownWithoutTheBusyCheck(ProjectTeardownWorkflow):
-    """An activity removed: the check for a running provisioning."""
+@workflow.defn(name="ProjectUpdateWorkflow", sandboxed=False)
+class UpdateWithoutReadingTheRecord(ProjectUpdateWorkflow):
+    """An activity removed: the update trusts a spec of its own instead of reading the project's record."""
 
     @workflow.run
-    async def run(self, spec: TeardownSpec) -> TeardownResult:
-        return await super().run(spec)
-
-    async def _refuse_while_provisioning(self, slug: str) -> None:
-        return None
+    async def run(self, change: ProjectUpdate) -> ProvisioningResult:
+        identity = ProjectIdentity(f"Project {change.slug}", "web-service", "development", {"owner": "payments"})
+        return await self._provision_until_decided(change.applied_to(identity))
 
 
 ALTERED = [
     pytest.param(InitWithAnActivityAddedFirst, ProjectInitWorkflow, "init_provisioned", id="activity-added"),
     pytest.param(InitWithStepsReordered, ProjectInitWorkflow, "init_ready", id="steps-reordered"),
-    pytest.param(
-        TeardownWithoutTheBusyCheck, ProjectTeardownWorkflow, "teardown_keep_repository", id="activity-removed"
-    ),
+    pytest.param(UpdateWithoutReadingTheRecord, ProjectUpdateWorkflow, "update_ready", id="activity-removed"),
 ]
 
 

@@ -38,7 +38,7 @@ from provisioner.codec import (
     generate_key,
     parse_codec_keys,
 )
-from provisioner.contracts import ProjectStatus, ProvisioningResult, provisioning_workflow_id
+from provisioner.contracts import ProjectStatus, ProvisioningResult, project_workflow_id
 from provisioner.settings import Secret, Settings
 from provisioner.temporal import data_converter_for
 from tests.api.helpers import running_server
@@ -157,7 +157,7 @@ async def test_history_holds_only_ciphertext_yet_the_client_reads_the_result(
         assert encrypted_run.slug not in failure.message + failure.stack_trace
         assert failure.encoded_attributes.metadata["encoding"] == ENCRYPTED_ENCODING
     # The same bytes without the keys: unreadable.
-    plain_handle = local_env.client.get_workflow_handle(provisioning_workflow_id(encrypted_run.slug))
+    plain_handle = local_env.client.get_workflow_handle(project_workflow_id(encrypted_run.slug))
     with pytest.raises(Exception, match="encoding"):
         await plain_handle.result()
     decoded = await encrypted_stack.temporal.data_converter.decode([started_input(encrypted_run.history)])
@@ -262,7 +262,7 @@ async def test_the_temporal_cli_shows_the_history_decoded_through_the_codec_serv
     encrypted_stack: Stack, encrypted_run: EncryptedRun, local_env: WorkflowEnvironment
 ) -> None:
     address = local_env.client.service_client.config.target_host
-    workflow_id = provisioning_workflow_id(encrypted_run.slug)
+    workflow_id = project_workflow_id(encrypted_run.slug)
     without_codec = await asyncio.to_thread(temporal_cli_show, address, workflow_id)
     assert without_codec and encrypted_run.marker.encode() not in without_codec
     # `provisioner codec-server`'s app, served for real: the CLI speaks the same protocol as the UI.

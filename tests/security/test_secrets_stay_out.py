@@ -26,15 +26,14 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.records import get_project
 from provisioner.contracts import (
     ErrorType,
     FailurePolicy,
     ProjectStatus,
-    provisioning_workflow_id,
-    teardown_workflow_id,
+    project_workflow_id,
 )
 from provisioner.db import dispose_engine
+from provisioner.db.projects import get_project
 from tests.catalogue import BROKEN_TEMPLATE
 from tests.stack import Stack, running_stack, spec_for, unique_slug
 
@@ -87,10 +86,10 @@ def secret_forms(stack: Stack) -> dict[str, bytes]:
     }
 
 
-async def read_back_run(client: Client, workflow_id: str, run: str, haystack: Haystack) -> None:
+async def read_back_run(client: Client, workflow_id: str, run_id: str | None, run: str, haystack: Haystack) -> None:
     """The run's full history (raw events: payloads, failures, search attributes, user metadata), its description,
     its visibility record, its queries and its result or failure."""
-    handle = client.get_workflow_handle(workflow_id)
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
     history = await handle.fetch_history()
     haystack.add(f"{run}: history events", b"".join(event.SerializeToString() for event in history.events))
     haystack.add(f"{run}: history JSON", history.to_json())
@@ -98,7 +97,7 @@ async def read_back_run(client: Client, workflow_id: str, run: str, haystack: Ha
     haystack.add(f"{run}: describe", description.raw_description.SerializeToString())
     haystack.add(f"{run}: describe", f"{await description.static_summary()} {await description.static_details()}")
     haystack.add(f"{run}: describe", repr(description.typed_search_attributes))
-    async for execution in client.list_workflows(f"WorkflowId = '{workflow_id}'"):
+    async for execution in client.list_workflows(f"WorkflowId = '{workflow_id}' AND RunId = '{description.run_id}'"):
         haystack.add(f"{run}: visibility (search attributes, memo)", execution.raw_info.SerializeToString())
     metadata = await handle.query(METADATA_QUERY, result_type=WorkflowMetadata)
     haystack.add(f"{run}: current details", json_format.MessageToJson(metadata))
@@ -138,10 +137,12 @@ async def test_no_secret_reaches_temporal_or_the_logs(
 
     ready_slug = unique_slug("leak-ok")
     stack.git_server.fail_pushes(1)  # the first push fails: git's error message goes through the history
-    ready = await (await stack.provisioner.start(spec_for(ready_slug, display_name=f"Shop {marker}"))).result()
+    ready_handle = await stack.provisioner.start(spec_for(ready_slug, display_name=f"Shop {marker}"))
+    ready = await ready_handle.result()
     assert ready.status is ProjectStatus.READY, ready.message
     assert stack.git_server.failed_pushes == 1
-    torn_down = await (await stack.provisioner.teardown(ready_slug, delete_repository=True)).result()
+    teardown_handle = await stack.provisioner.teardown(ready_slug, delete_repository=True)
+    torn_down = await teardown_handle.result()
     assert torn_down.status is ProjectStatus.DELETED, torn_down.message
 
     invalid_slug = unique_slug("leak-bad")
@@ -157,17 +158,18 @@ async def test_no_secret_reaches_temporal_or_the_logs(
             await stalled.result()
     finally:
         stack.cluster.flux.unstall(stalled_slug, stalled_slug)
-    assert record_status(stack, stalled_slug) == ProjectStatus.FAILED.value  # the rollback used the database
+    assert record_status(stack, stalled_slug) == ProjectStatus.ROLLED_BACK.value  # the rollback used the database
 
     haystack = Haystack()
+    # The create and the teardown of one project are two runs of its one workflow id.
     runs = {
-        "ready": provisioning_workflow_id(ready_slug),
-        "teardown": teardown_workflow_id(ready_slug),
-        "invalid": provisioning_workflow_id(invalid_slug),
-        "stalled": provisioning_workflow_id(stalled_slug),
+        "ready": (project_workflow_id(ready_slug), ready_handle.result_run_id),
+        "teardown": (project_workflow_id(ready_slug), teardown_handle.result_run_id),
+        "invalid": (project_workflow_id(invalid_slug), None),
+        "stalled": (project_workflow_id(stalled_slug), None),
     }
-    for run, workflow_id in runs.items():
-        await read_back_run(temporal, workflow_id, run, haystack)
+    for run, (workflow_id, run_id) in runs.items():
+        await read_back_run(temporal, workflow_id, run_id, run, haystack)
     read_back_logs(caplog.records, haystack)
     captured = capfd.readouterr()  # the process's own stdout/stderr: Temporal core's logs, any subprocess's output
     haystack.add("stdout/stderr", captured.out + captured.err)
@@ -178,8 +180,8 @@ async def test_no_secret_reaches_temporal_or_the_logs(
     assert "invalid: history events" in haystack.places_holding(ErrorType.KUSTOMIZE_PATH_MISSING.value)
     assert "stalled: history events" in haystack.places_holding("bad expression")
     assert "stalled: result" in haystack.places_holding("InvalidCELExpression")
-    for run, workflow_id in runs.items():
-        slug = workflow_id.split("-", 2)[2]
+    for run, (workflow_id, _) in runs.items():
+        slug = workflow_id.removeprefix("project-")
         for place in ("describe", "visibility (search attributes, memo)", "progress query"):
             assert f"{run}: {place}" in haystack.places_holding(slug)
         assert f"{run}: current details" in haystack.places_holding("currentDetails")

@@ -20,7 +20,7 @@ from provisioner.contracts import (
     SEARCH_ATTRIBUTE_TEMPLATE,
     STEP_TITLES,
     ProvisioningResult,
-    provisioning_workflow_id,
+    project_workflow_id,
 )
 from provisioner.stack import EmbeddedStack
 from tests.ui.provisioning import provision, unique_slug
@@ -36,7 +36,7 @@ class Provisioned:
 
     @property
     def workflow_id(self) -> str:
-        return provisioning_workflow_id(self.slug)
+        return project_workflow_id(self.slug)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,8 @@ async def test_workflow_query_progress_shows_every_step_done_and_the_project_rea
     assert progress["workflow_id"] == provisioned.workflow_id
     assert progress["status"] == "ready"
     assert progress["percent"] == 100
+    assert progress["operation"] == "create"
+    assert progress["applied_revision"] == f"main@sha1:{provisioned.result.commit_sha}"
     assert [step["name"] for step in progress["steps"]] == [step.value for step in PROVISIONING_STEPS]
     assert [step["title"] for step in progress["steps"]] == [STEP_TITLES[step] for step in PROVISIONING_STEPS]
     assert {step["state"] for step in progress["steps"]} == {"succeeded"}
@@ -111,7 +113,7 @@ async def test_workflow_list_by_project_slug_finds_only_that_project(
         f"{SEARCH_ATTRIBUTE_STATUS.name}='ready' AND {SEARCH_ATTRIBUTE_TEMPLATE.name}='web-service'",
     )
     found = {execution["execution"]["workflowId"] for execution in both}
-    assert {provisioned.workflow_id, provisioning_workflow_id(provisioned.other_slug)} <= found
+    assert {provisioned.workflow_id, project_workflow_id(provisioned.other_slug)} <= found
 
 
 async def test_workflow_describe_shows_the_static_summary_and_details(
@@ -119,7 +121,7 @@ async def test_workflow_describe_shows_the_static_summary_and_details(
 ) -> None:
     described = await temporal_json(ui_stack, "workflow", "describe", "--workflow-id", provisioned.workflow_id)
     metadata = described["executionConfig"]["userMetadata"]
-    assert metadata["summary"] == f"Provision {provisioned.slug} from template web-service"
+    assert metadata["summary"] == f"Create {provisioned.slug} from template web-service"
     assert f"(`{provisioned.slug}`), template `web-service`" in metadata["details"]
     info = described["workflowExecutionInfo"]
     assert info["execution"]["workflowId"] == provisioned.workflow_id

@@ -25,7 +25,7 @@ from provisioner.contracts import (
     SEARCH_ATTRIBUTE_SLUG,
     STEP_TITLES,
     StepName,
-    provisioning_workflow_id,
+    project_workflow_id,
 )
 from provisioner.settings import PROJECT_ROOT
 from provisioner.stack import EmbeddedStack
@@ -76,7 +76,7 @@ class ProvisionedRuns:
 
     @property
     def workflow_id(self) -> str:
-        return provisioning_workflow_id(self.slug)
+        return project_workflow_id(self.slug)
 
 
 def chromium_executable() -> str:
@@ -182,13 +182,13 @@ async def test_the_user_metadata_shows_the_summary_details_and_current_details(
         await open_run(page, ui_stack, runs.workflow_id, tab="User Metadata")
         # Markdown is rendered by the UI in sandboxed frames, one per field.
         summary = page.frame_locator("#user-metadata-summary")
-        await expect(summary.get_by_text(f"Provision {runs.slug} from template web-service")).to_be_visible()
+        await expect(summary.get_by_text(f"Create {runs.slug} from template web-service")).to_be_visible()
         details = page.frame_locator("iframe[id^='user-metadata-detail']")
         await expect(details.get_by_text(f"Project {runs.slug}", exact=True)).to_be_visible()
         await expect(details.get_by_text("environment", exact=False)).to_be_visible()
         current = page.frame_locator("#user-metadata-current-details")
         await expect(current.get_by_text("ready", exact=True)).to_be_visible()
-        await expect(current.get_by_text("Flux reports Ready: Applied revision: main@sha1:")).to_be_visible()
+        await expect(current.get_by_text("(create): Flux reports Ready: applied main@sha1:")).to_be_visible()
 
 
 async def test_the_workflow_list_filtered_by_project_slug_finds_only_that_project(
@@ -203,4 +203,4 @@ async def test_the_workflow_list_filtered_by_project_slug_finds_only_that_projec
         await expect(rows.get_by_role("link", name=runs.workflow_id, exact=True)).to_be_visible()
         await expect(rows.get_by_role("link", name="ProjectInitWorkflow", exact=True)).to_be_visible()
         await expect(rows.get_by_text("Completed", exact=True)).to_be_visible()
-        await expect(page.get_by_text(provisioning_workflow_id(runs.other_slug))).to_have_count(0)
+        await expect(page.get_by_text(project_workflow_id(runs.other_slug))).to_have_count(0)

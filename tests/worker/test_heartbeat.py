@@ -21,7 +21,7 @@ from temporalio.exceptions import ActivityError, TimeoutError, TimeoutType
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Interceptor, UnsandboxedWorkflowRunner, Worker
 
-from provisioner.contracts import StepName
+from provisioner.contracts import ProjectOperation, StepName
 from provisioner.heartbeat import AutoHeartbeatInterceptor
 from workflows.project_init import CREATE_REPOSITORY, STEP_POLICIES
 from workflows.steps import StepRunner
@@ -94,7 +94,7 @@ class CreateRepositoryStepWorkflow:
 
     @workflow.run
     async def run(self, slug: str) -> int:
-        steps = StepRunner(slug, [StepName.CREATE_REPOSITORY], STEP_POLICIES)
+        steps = StepRunner(slug, [StepName.CREATE_REPOSITORY], STEP_POLICIES, ProjectOperation.CREATE)
         await steps.run(StepName.CREATE_REPOSITORY, CREATE_REPOSITORY, slug, str, lambda name: name)
         return steps.step(StepName.CREATE_REPOSITORY).attempt
 

@@ -130,7 +130,7 @@ async def test_abort_rolls_back_the_completed_steps_in_reverse_order(
     rollback = systems.calls[calls_before:]
     expected = ["delete_flux_resources", "check_flux_deletion", "upsert_project_record"]
     assert rollback == [*expected, "delete_repository"] if delete_repository else expected
-    assert systems.records[-1].status is ProjectStatus.FAILED
+    assert systems.records[-1].status is ProjectStatus.ROLLED_BACK
     assert "wrong path" in systems.records[-1].last_message
     assert failure.type == ErrorType.FLUX_STALLED.value and "aborted" in failure.message
     progress = await handle.query(ProjectInitWorkflow.progress)
@@ -171,7 +171,8 @@ async def test_no_decision_within_the_bound_applies_the_default(
     assert failure.type == ErrorType.CLUSTER_REJECTED.value
     rolled_back = "delete_flux_resources" in systems.calls
     assert rolled_back is (default_action is FailureAction.ABORT)
-    assert systems.records[-1].status is ProjectStatus.FAILED
+    # An abort undoes the creation and frees the slug; leave keeps a failed project.
+    assert systems.records[-1].status is (ProjectStatus.ROLLED_BACK if rolled_back else ProjectStatus.FAILED)
     assert "delete_repository" not in systems.calls  # the default policy keeps the repository
 
 
@@ -209,3 +210,41 @@ async def test_a_decision_is_refused_unless_the_run_awaits_one(
     assert (await running.result()).status is ProjectStatus.READY
     events = [event async for event in running.fetch_history_events()]
     assert not any(event.HasField("workflow_execution_update_accepted_event_attributes") for event in events)
+
+
+async def test_a_retried_ready_wait_applies_again_with_a_new_token(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    """An operator's retry of the Ready wait asks Flux to reconcile again: a new apply with a new requestedAt token,
+    which the readiness check then waits for."""
+    systems, task_queue = stubs
+    stalled = ReadinessReport(ReadinessState.FAILED, "BuildFailed", "kustomize build failed")
+    systems.readiness = lambda poll: stalled if poll == 1 else READY
+    handle = await start(time_skipping_env, task_queue, make_spec(on_failure=WAIT))
+    await awaiting_decision(handle)
+
+    await handle.execute_update(ProjectInitWorkflow.decide, OperatorDecision(FailureAction.RETRY, "fixed the overlay"))
+    result = await handle.result()
+
+    assert result.status is ProjectStatus.READY
+    first, second = systems.apply_requests
+    assert first.requested_at != second.requested_at and first.commit_sha == second.commit_sha
+    assert [check.requested_at for check in systems.readiness_requests] == [first.requested_at, second.requested_at]
+    for done in ("validate_template", "create_repository", "push_template"):
+        assert systems.calls.count(done) == 1
+
+
+async def test_the_token_stays_the_same_across_the_retries_of_one_apply(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    """A retried apply must stay a no-op on the cluster: every attempt sends the token decided once."""
+    systems, task_queue = stubs
+    systems.failures["apply_flux_resources"] = [RuntimeError("connection reset")] * 2
+    result = await (await start(time_skipping_env, task_queue, make_spec())).result()
+
+    assert result.status is ProjectStatus.READY
+    assert systems.calls.count("apply_flux_resources") == 3
+    tokens = {request.requested_at for request in systems.apply_requests}
+    assert len(systems.apply_requests) == 3 and len(tokens) == 1
+    [check] = systems.readiness_requests
+    assert {check.requested_at} == tokens

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -44,7 +44,10 @@ from provisioner.contracts import (
 from worker import DETERMINISM_GUARD_RUNNER
 from workflows.project_init import ProjectInitWorkflow, ready_poll_maximum_interval
 
-READY = ReadinessReport(ReadinessState.READY, "ReconciliationSucceeded", "Applied revision: main@sha1:abc")
+COMMIT = "a" * 40
+REVISION = f"main@sha1:{COMMIT}"
+# The stub's Ready names the revision the run asked for, as the real check does only when Flux applied it.
+READY = ReadinessReport(ReadinessState.READY, "ReconciliationSucceeded", f"Applied revision: {REVISION}")
 PROGRESSING = ReadinessReport(ReadinessState.IN_PROGRESS, "Progressing", "Reconciliation in progress")
 
 
@@ -57,6 +60,8 @@ class StubSystems:
     failures: dict[str, list[BaseException]] = field(default_factory=dict)
     readiness: Callable[[int], ReadinessReport] = lambda poll: READY
     readiness_polls: int = 0
+    readiness_requests: list[ReadinessRequest] = field(default_factory=list)
+    apply_requests: list[FluxApplyRequest] = field(default_factory=list)
 
     def _enter(self, name: str) -> None:
         self.calls.append(name)
@@ -67,7 +72,9 @@ class StubSystems:
     @activity.defn(name="validate_template")
     async def validate_template(self, spec: ProjectSpec) -> RenderSummary:
         self._enter("validate_template")
-        return RenderSummary(spec.template, 7, "digest", f"k8s/overlays/{spec.environment}")
+        return RenderSummary(
+            spec.template, 7, "digest", f"k8s/overlays/{spec.environment}", {**spec.parameters, "replicas": 1}
+        )
 
     @activity.defn(name="create_repository")
     async def create_repository(self, spec: ProjectSpec) -> RepositoryInfo:
@@ -77,7 +84,7 @@ class StubSystems:
     @activity.defn(name="push_template")
     async def push_template(self, request: PushRequest) -> PushResult:
         self._enter("push_template")
-        return PushResult("a" * 40, "main", True)
+        return PushResult(COMMIT, "main", True)
 
     @activity.defn(name="upsert_project_record")
     async def upsert_project_record(self, update: ProjectRecordUpdate) -> None:
@@ -86,6 +93,7 @@ class StubSystems:
 
     @activity.defn(name="apply_flux_resources")
     async def apply_flux_resources(self, request: FluxApplyRequest) -> FluxApplyResult:
+        self.apply_requests.append(request)  # every attempt, failed ones too
         self._enter("apply_flux_resources")
         ns = request.spec.namespace
         return FluxApplyResult(
@@ -101,7 +109,11 @@ class StubSystems:
     async def check_flux_readiness(self, request: ReadinessRequest) -> ReadinessReport:
         self._enter("check_flux_readiness")
         self.readiness_polls += 1
-        return self.readiness(self.readiness_polls)
+        self.readiness_requests.append(request)
+        report = self.readiness(self.readiness_polls)
+        if report.state is ReadinessState.READY and not report.revision:
+            report = replace(report, revision=request.revision, expected_revision=request.revision)
+        return report
 
     # What the rollback of an aborted run calls
     @activity.defn(name="delete_flux_resources")
@@ -179,9 +191,9 @@ async def failure_of(handle: WorkflowHandle[ProjectInitWorkflow, ProvisioningRes
 
 STEP_ORDER = [
     "validate_template",
+    "upsert_project_record",
     "create_repository",
     "push_template",
-    "upsert_project_record",
     "apply_flux_resources",
     "check_flux_readiness",
     "upsert_project_record",
@@ -198,13 +210,22 @@ async def test_runs_every_step_in_order_and_reports_ready(
 
     assert systems.calls == STEP_ORDER
     assert result.status is ProjectStatus.READY
-    assert result.commit_sha == "a" * 40
+    assert result.commit_sha == COMMIT
     assert result.progress.percent == 100
     assert [s.state for s in result.progress.steps] == [StepState.SUCCEEDED] * len(PROVISIONING_STEPS)
     assert all(s.started_at and s.finished_at and s.attempt == 1 for s in result.progress.steps)
     assert [r.status for r in systems.records] == [ProjectStatus.PROVISIONING, ProjectStatus.READY]
-    assert systems.records[0].workflow_id == spec.workflow_id == handle.id
-    assert systems.records[0].repo_url == f"http://git.test/{spec.slug}.git"
+    claim, final = systems.records
+    assert claim.workflow_id == spec.workflow_id == handle.id == f"project-{spec.slug}"
+    # The first write claims the slug for this identity, the template's defaults applied, before anything is made.
+    assert claim.claim and claim.parameters == {"owner": "payments", "replicas": 1} and claim.repo_url is None
+    assert not final.claim and final.repo_url == f"http://git.test/{spec.slug}.git" and final.commit_sha == COMMIT
+    # Ready names exactly the pushed commit, everywhere.
+    assert final.applied_revision == result.applied_revision == result.progress.applied_revision == REVISION
+    assert result.progress.commit_sha == COMMIT and REVISION in result.message
+    [apply] = systems.apply_requests
+    [check] = systems.readiness_requests
+    assert (check.revision, check.requested_at) == (REVISION, apply.requested_at) and apply.requested_at
     queried = await handle.query(ProjectInitWorkflow.progress)
     assert queried.status is ProjectStatus.READY and queried.percent == 100
 
@@ -279,10 +300,14 @@ async def test_permanent_errors_fail_at_once_before_anything_is_created(
     failure = await run_to_failure(time_skipping_env, task_queue, make_spec())
     assert failure.type == error_type.value
     assert failure.non_retryable
-    assert systems.calls[-1] == activity_name
     assert systems.calls.count(activity_name) == 1
-    for later in ("push_template", "upsert_project_record", "apply_flux_resources"):
+    for later in ("push_template", "apply_flux_resources"):
         assert later not in systems.calls
+    if activity_name == "validate_template":  # nothing at all was made: no record either
+        assert systems.records == []
+    else:  # the record claimed the slug: the policy's abort releases it
+        statuses = [ProjectStatus.PROVISIONING, ProjectStatus.AWAITING_DECISION, ProjectStatus.ROLLED_BACK]
+        assert [r.status for r in systems.records] == statuses
 
 
 async def test_invalid_input_fails_without_calling_any_activity(
@@ -348,7 +373,7 @@ async def test_a_long_wait_checks_about_once_per_ceiling_not_every_ten_seconds(
     assert 17 <= systems.readiness_polls <= 23
 
 
-async def test_stalled_fails_at_once_and_marks_the_record_failed(
+async def test_stalled_fails_at_once_and_the_abort_releases_the_record(
     time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
 ) -> None:
     systems, task_queue = stubs
@@ -357,8 +382,9 @@ async def test_stalled_fails_at_once_and_marks_the_record_failed(
     assert failure.type == ErrorType.FLUX_STALLED.value
     assert "InvalidPath" in failure.message
     assert systems.readiness_polls == 1
-    assert systems.records[-1].status is ProjectStatus.FAILED
-    assert "Stalled" in systems.records[-1].last_message
+    # No decision within the default bound: the default abort rolls the creation back and frees the slug.
+    assert systems.records[-1].status is ProjectStatus.ROLLED_BACK
+    assert "InvalidPath" in systems.records[-1].last_message
 
 
 async def test_a_step_that_keeps_failing_fails_the_run_and_the_record(
@@ -369,7 +395,7 @@ async def test_a_step_that_keeps_failing_fails_the_run_and_the_record(
     failure = await run_to_failure(time_skipping_env, task_queue, make_spec())
     assert "apply_flux_resources failed" in failure.message and "connection refused" in failure.message
     assert systems.calls.count("apply_flux_resources") == 12
-    assert systems.records[-1].status is ProjectStatus.FAILED
+    assert systems.records[-1].status is ProjectStatus.ROLLED_BACK
     assert "check_flux_readiness" not in systems.calls
 
 
@@ -382,7 +408,7 @@ async def test_an_input_no_spec_can_be_built_from_fails_the_run_at_once(
     slug = f"proj-{uuid.uuid4().hex[:8]}"
     malformed = {"slug": slug, "display_name": "x", "template": "web-service", "parameters": {"owner": ["a", "b"]}}
     handle = await time_skipping_env.client.start_workflow(
-        "ProjectInitWorkflow", malformed, id=f"project-init-{slug}", task_queue=task_queue
+        "ProjectInitWorkflow", malformed, id=f"project-{slug}", task_queue=task_queue
     )
     with pytest.raises(WorkflowFailureError) as raised:
         await asyncio.wait_for(handle.result(), timeout=30)

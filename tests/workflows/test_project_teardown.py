@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowFailureError, WorkflowHandle
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -30,7 +30,7 @@ from provisioner.contracts import (
     StepState,
     TeardownResult,
     TeardownSpec,
-    teardown_workflow_id,
+    project_workflow_id,
 )
 from worker import DETERMINISM_GUARD_RUNNER
 from workflows.project_teardown import ProjectTeardownWorkflow
@@ -47,7 +47,6 @@ class StubSystems:
     record_exists: bool = True
     cluster: set[str] = field(default_factory=lambda: set(FLUX_OBJECTS))
     repository_exists: bool = True
-    provisioning_status: str = "COMPLETED"
     # How many deletion checks still see the objects after their deletion was requested.
     checks_until_gone: int = 2
     held_by: Callable[[str], RemainingObject] = lambda kind: RemainingObject(
@@ -61,11 +60,6 @@ class StubSystems:
         queued = self.failures.get(name)
         if queued:
             raise queued.pop(0)
-
-    @activity.defn(name="describe_provisioning_run")
-    async def describe_provisioning_run(self, slug: str) -> str:
-        self._enter("describe_provisioning_run")
-        return self.provisioning_status
 
     @activity.defn(name="mark_project_record")
     async def mark_project_record(self, update: ProjectRecordUpdate) -> dict[str, str] | None:
@@ -98,7 +92,6 @@ class StubSystems:
 
     def all(self) -> list[Callable[..., Any]]:
         return [
-            self.describe_provisioning_run,
             self.mark_project_record,
             self.delete_flux_resources,
             self.check_flux_deletion,
@@ -131,7 +124,7 @@ async def start(
     env: WorkflowEnvironment, task_queue: str, spec: TeardownSpec
 ) -> WorkflowHandle[ProjectTeardownWorkflow, TeardownResult]:
     return await env.client.start_workflow(
-        ProjectTeardownWorkflow.run, spec, id=teardown_workflow_id(spec.slug), task_queue=task_queue
+        ProjectTeardownWorkflow.run, spec, id=project_workflow_id(spec.slug), task_queue=task_queue
     )
 
 
@@ -157,7 +150,6 @@ async def test_runs_the_steps_in_order_and_keeps_the_repository_by_default(
     result = await handle.result()
 
     assert systems.calls == [
-        "describe_provisioning_run",
         "mark_project_record",
         "delete_flux_resources",
         "check_flux_deletion",
@@ -177,7 +169,7 @@ async def test_runs_the_steps_in_order_and_keeps_the_repository_by_default(
     assert steps[StepName.AWAIT_DELETION].attempt == 3
     assert result.progress.percent == 100
     assert [r.status for r in systems.records] == [ProjectStatus.DELETING, ProjectStatus.DELETED]
-    assert systems.records[0].workflow_id == handle.id == f"project-teardown-{spec.slug}"
+    assert systems.records[0].workflow_id == handle.id == f"project-{spec.slug}"
     queried = await handle.query(ProjectTeardownWorkflow.progress)
     assert queried.status is ProjectStatus.DELETED and queried.workflow_id == handle.id
 
@@ -194,34 +186,24 @@ async def test_deletes_the_repository_when_asked(
     assert systems.records[-1].status is ProjectStatus.DELETED
 
 
-async def test_a_running_provisioning_refuses_the_teardown_before_anything_is_touched(
+async def test_a_running_operation_of_the_project_refuses_the_teardown_before_anything_is_touched(
     time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
 ) -> None:
+    """Create, update and teardown share the project's workflow id: Temporal itself refuses a second run while one
+    runs, so no teardown can slip into a running create (nor the other way round)."""
     systems, task_queue = stubs
-    systems.provisioning_status = "RUNNING"
     spec = make_spec(delete_repository=True)
-    handle = await start(time_skipping_env, task_queue, spec)
-    with pytest.raises(WorkflowFailureError) as raised:
-        await handle.result()
-    failure = raised.value.cause
-    assert isinstance(failure, ApplicationError)
-    assert failure.type == ErrorType.PROJECT_BUSY.value and failure.non_retryable
-    assert f"project-init-{spec.slug}" in failure.message
-    assert systems.calls == ["describe_provisioning_run"]
+    # A create that never finishes (no worker here runs ProjectInitWorkflow): the project's id is taken.
+    creating = await time_skipping_env.client.start_workflow(
+        "ProjectInitWorkflow", {"slug": spec.slug}, id=project_workflow_id(spec.slug), task_queue=task_queue
+    )
+    try:
+        with pytest.raises(WorkflowAlreadyStartedError):
+            await start(time_skipping_env, task_queue, spec)
+    finally:
+        await creating.terminate("test over")
+    assert systems.calls == []
     assert systems.cluster == set(FLUX_OBJECTS) and systems.repository_exists and not systems.records
-    progress = await handle.query(ProjectTeardownWorkflow.progress)
-    assert progress.status is ProjectStatus.FAILED
-    assert progress.steps[0].state is StepState.FAILED and "being provisioned" in progress.steps[0].message
-
-
-async def test_a_finished_or_missing_provisioning_does_not_block(
-    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
-) -> None:
-    systems, task_queue = stubs
-    for status in ("FAILED", ""):
-        systems.provisioning_status = status
-        result = await (await start(time_skipping_env, task_queue, make_spec())).result()
-        assert result.status is ProjectStatus.DELETED
 
 
 async def test_a_deletion_timeout_fails_naming_what_remains_and_why(
