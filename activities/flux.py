@@ -168,7 +168,9 @@ def kustomization_manifest(spec: ProjectSpec, kustomize_path: str, requested_at:
             "sourceRef": {"kind": "GitRepository", "name": spec.slug},
             "targetNamespace": spec.namespace,
             "timeout": "2m",
-            "wait": False,
+            # Ready only once the applied workloads are Current by kstatus (kustomize-controller checkHealth), else
+            # HealthCheckFailed after the timeout: "Ready" then means the service runs, not just that it was applied.
+            "wait": True,
         },
     }
 

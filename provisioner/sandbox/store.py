@@ -22,6 +22,8 @@ from typing import Any
 
 import jsonpatch
 
+from provisioner.sandbox.strategies import GENERATION_KINDS, prepare_for_create, prepare_for_update
+
 JsonObj = dict[str, Any]
 FieldPath = tuple[str, ...]
 
@@ -37,6 +39,7 @@ class ResourceKind:
     kind: str
     plural: str
     namespaced: bool
+    status_subresource: bool = False  # served at .../{name}/status (whether the store honours it is the caller's)
 
     @property
     def api_version(self) -> str:
@@ -44,7 +47,13 @@ class ResourceKind:
 
     @property
     def is_custom(self) -> bool:
-        return bool(self.group)
+        """A custom resource (CRD): JSON/merge patches and apply only, generation always kept."""
+        return bool(self.group) and self.group not in BUILTIN_GROUPS
+
+    @property
+    def tracks_generation(self) -> bool:
+        """Whether metadata.generation is kept: every custom kind; the built-ins whose strategy keeps it."""
+        return self.is_custom or (self.group, self.kind) in GENERATION_KINDS
 
     @property
     def qualified_resource(self) -> str:
@@ -60,12 +69,27 @@ class ResourceKind:
         return f"{self.kind}List"
 
 
-NAMESPACES = ResourceKind("", "v1", "Namespace", "namespaces", namespaced=False)
+BUILTIN_GROUPS = frozenset({"apps", "batch", "rbac.authorization.k8s.io", "networking.k8s.io", "policy"})
+RBAC = "rbac.authorization.k8s.io"
+NAMESPACES = ResourceKind("", "v1", "Namespace", "namespaces", namespaced=False, status_subresource=True)
 SECRETS = ResourceKind("", "v1", "Secret", "secrets", namespaced=True)
 CONFIG_MAPS = ResourceKind("", "v1", "ConfigMap", "configmaps", namespaced=True)
-GIT_REPOSITORIES = ResourceKind("source.toolkit.fluxcd.io", "v1", "GitRepository", "gitrepositories", namespaced=True)
-KUSTOMIZATIONS = ResourceKind("kustomize.toolkit.fluxcd.io", "v1", "Kustomization", "kustomizations", namespaced=True)
-DEFAULT_KINDS = (NAMESPACES, SECRETS, CONFIG_MAPS, GIT_REPOSITORIES, KUSTOMIZATIONS)
+GIT_REPOSITORIES = ResourceKind("source.toolkit.fluxcd.io", "v1", "GitRepository", "gitrepositories", namespaced=True,
+                                status_subresource=True)
+KUSTOMIZATIONS = ResourceKind("kustomize.toolkit.fluxcd.io", "v1", "Kustomization", "kustomizations", namespaced=True,
+                              status_subresource=True)
+# What the shipped templates and deploy/kubernetes emit (`kubectl kustomize` of each).
+DEPLOYMENTS = ResourceKind("apps", "v1", "Deployment", "deployments", namespaced=True, status_subresource=True)
+SERVICES = ResourceKind("", "v1", "Service", "services", namespaced=True, status_subresource=True)
+SERVICE_ACCOUNTS = ResourceKind("", "v1", "ServiceAccount", "serviceaccounts", namespaced=True)
+PERSISTENT_VOLUME_CLAIMS = ResourceKind("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", namespaced=True,
+                                        status_subresource=True)
+ROLES = ResourceKind(RBAC, "v1", "Role", "roles", namespaced=True)
+ROLE_BINDINGS = ResourceKind(RBAC, "v1", "RoleBinding", "rolebindings", namespaced=True)
+CLUSTER_ROLES = ResourceKind(RBAC, "v1", "ClusterRole", "clusterroles", namespaced=False)
+CLUSTER_ROLE_BINDINGS = ResourceKind(RBAC, "v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False)
+DEFAULT_KINDS = (NAMESPACES, SECRETS, CONFIG_MAPS, GIT_REPOSITORIES, KUSTOMIZATIONS, DEPLOYMENTS, SERVICES,
+                 SERVICE_ACCOUNTS, PERSISTENT_VOLUME_CLAIMS, ROLES, ROLE_BINDINGS, CLUSTER_ROLES, CLUSTER_ROLE_BINDINGS)
 
 
 class KindRegistry:
@@ -1166,7 +1190,7 @@ class ObjectStore:
             metadata.pop(server_field, None)
         metadata["uid"] = str(uuid.uuid4())
         metadata["creationTimestamp"] = now
-        if kind.is_custom:
+        if kind.tracks_generation:
             metadata["generation"] = 1
         if kind == NAMESPACES:
             metadata.setdefault("labels", {})[NAMESPACE_NAME_LABEL] = metadata["name"]
@@ -1174,6 +1198,7 @@ class ObjectStore:
             obj["status"] = {"phase": "Active"}
         else:
             obj.pop("status", None)
+            prepare_for_create(kind.group, kind.kind, obj)  # built-in defaulting and allocation (strategies.py)
         return self._store(kind, None, obj, dry_run)
 
     def _commit_update(
@@ -1225,7 +1250,9 @@ class ObjectStore:
                         "metadata.finalizers", "no new finalizers can be added if the object is being deleted"
                     )],
                 )
-        if kind.is_custom and subresource != "status" and _spec_part(desired) != _spec_part(current):
+        if subresource != "status":
+            prepare_for_update(kind.group, kind.kind, current, desired)
+        if kind.tracks_generation and subresource != "status" and _spec_part(desired) != _spec_part(current):
             metadata["generation"] = int(old_metadata.get("generation", 0)) + 1
         self._validate(kind, desired, metadata["name"])
         if not metadata.get("managedFields"):
