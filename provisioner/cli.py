@@ -546,12 +546,41 @@ def _print_outcome(stack: Any, slug: str, elapsed: float) -> None:
     table.add_row("Record status", record.status)
     table.add_row("Namespace", record.namespace)
     table.add_row("Kustomization Ready", f"{ready['status']} ({ready['reason']}): {ready['message']}")
+    table.add_row("Revision Flux applied", kustomization["status"].get("lastAppliedRevision", "-"))
     table.add_row("Provisioning took", f"{elapsed:.1f} s")
-    console.print(table)
+    console.print(table, highlight=False)
+    applied = Table("kind", "name", "namespace", "health", title="What Flux applied (read back from the cluster)")
+    for row in _applied_objects(stack.cluster.api_client(), kustomization):
+        applied.add_row(*row)
+    console.print(applied, highlight=False)
     console.print(f"The run in the Temporal UI: {stack.workflow_url(project_workflow_id(slug))}", soft_wrap=True)
     console.print(
         "Bring the stack and the UI back up on this data with [bold]make up[/] (or `.venv/bin/provisioner up`)."
     )
+
+
+def _applied_objects(api_client: Any, kustomization: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Each object of the Kustomization's inventory as the cluster holds it: kind, name, namespace, health."""
+    from kubernetes.dynamic import DynamicClient
+
+    dynamic = DynamicClient(api_client)  # type: ignore[no-untyped-call]
+    rows = []
+    for entry in (kustomization["status"].get("inventory") or {}).get("entries", []):
+        # `<namespace>_<name>_<group>_<kind>`: DNS-1123 names and kinds hold no "_".
+        namespace, name, group, kind = entry["id"].split("_", 3)
+        api_version = f"{group}/{entry['v']}" if group else entry["v"]
+        found = dynamic.resources.get(api_version=api_version, kind=kind).get(name=name, namespace=namespace or None)
+        rows.append((kind, name, namespace, _health(kind, found.to_dict())))
+    return rows
+
+
+def _health(kind: str, obj: dict[str, Any]) -> str:
+    if kind != "Deployment":
+        return "exists"
+    status = obj.get("status") or {}
+    available = {c["type"]: c for c in status.get("conditions") or []}.get("Available", {})
+    replicas = f"{status.get('availableReplicas', 0)}/{(obj.get('spec') or {}).get('replicas', 1)} available"
+    return f"{replicas}, Available={available.get('status', 'Unknown')}"
 
 
 def main() -> None:

@@ -1,15 +1,19 @@
 """The sandbox API server's HTTP layer: kube-apiserver's REST paths, verbs and `Status` bodies over the store.
 
-Good enough for the official `kubernetes` Python client (and for kubectl-style discovery), not a general
-kube-apiserver: no watch, no auth, JSON only. Faults (500, 429 + Retry-After, hung requests) can be injected on a
-fraction of API requests to exercise the callers' retry logic.
+Good enough for the official `kubernetes` Python client and for kubectl (discovery, `get` with server-side Table
+printing, `get -w`, `wait`), not a general kube-apiserver: no auth, JSON only. Watches stream from the event history
+in watch.py, lists page through listing.py, Table output comes from tables.py. Faults (500, 429 + Retry-After, hung
+requests) can be injected on a fraction of API requests to exercise the callers' retry logic.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +24,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
+from provisioner.sandbox.discovery import discover
+from provisioner.sandbox.listing import list_objects
 from provisioner.sandbox.store import (
     APPLY_PATCH,
     NAMESPACES,
@@ -30,21 +36,13 @@ from provisioner.sandbox.store import (
     bad_request,
     method_not_allowed,
 )
+from provisioner.sandbox.tables import Output, WatchTransformer, negotiate, transform
+from provisioner.sandbox.watch import DEFAULT_HISTORY, EventHistory, Selection, parse_watch_request, stream
 
 log = logging.getLogger("provisioner.sandbox.apiserver")
 
-SERVER_VERSION: JsonObj = {
-    "major": "1",
-    "minor": "33",
-    "gitVersion": "v1.33.0-sandbox",
-    "gitCommit": "0000000000000000000000000000000000000000",
-    "gitTreeState": "clean",
-    "buildDate": "2025-01-01T00:00:00Z",
-    "goVersion": "go1.24 (provisioner sandbox)",
-    "compiler": "gc",
-    "platform": "linux/amd64",
-}
-VERBS = ["create", "delete", "get", "list", "patch", "update"]
+# kube-apiserver's --min-request-timeout: a watch without timeoutSeconds lasts between one and two of these.
+MIN_REQUEST_TIMEOUT = 1800.0
 
 
 # ---- Fault injection -----------------------------------------------------------------------------------------
@@ -151,63 +149,6 @@ def _not_found_path() -> ApiError:
     return ApiError(404, "NotFound", "the server could not find the requested resource", {})
 
 
-# ---- Discovery -----------------------------------------------------------------------------------------------
-
-
-# As the upstream API (and Flux's CRDs) advertise them, so `kubectl get ns` / `kubectl get ks` work too.
-SHORT_NAMES = {"namespaces": ["ns"], "configmaps": ["cm"], "gitrepositories": ["gitrepo"], "kustomizations": ["ks"]}
-
-
-def _resource_list(kinds: list[ResourceKind], group_version: str) -> JsonObj:
-    resources: list[JsonObj] = []
-    for kind in kinds:
-        resources.append({
-            "name": kind.plural,
-            "singularName": kind.kind.lower(),
-            "namespaced": kind.namespaced,
-            "kind": kind.kind,
-            "verbs": VERBS,
-            "shortNames": SHORT_NAMES.get(kind.plural, []),
-        })
-        resources.append({"name": f"{kind.plural}/status", "singularName": "", "namespaced": kind.namespaced,
-                          "kind": kind.kind, "verbs": ["get", "patch", "update"]})
-        if kind == NAMESPACES:
-            resources.append({"name": "namespaces/finalize", "singularName": "", "namespaced": False,
-                              "kind": "Namespace", "verbs": ["update"]})
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}
-
-
-def _discovery(store: ObjectStore, segments: list[str], host: str) -> JsonObj | None:
-    kinds = store.registry.all()
-    if segments == ["version"]:
-        return SERVER_VERSION
-    if segments == ["api"]:
-        return {"kind": "APIVersions", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}]}
-    if segments == ["api", "v1"]:
-        return _resource_list([k for k in kinds if not k.group], "v1")
-    groups: dict[str, list[str]] = {}
-    for kind in kinds:
-        if kind.group:
-            versions = groups.setdefault(kind.group, [])
-            if kind.version not in versions:
-                versions.append(kind.version)
-
-    def group_body(name: str) -> JsonObj:
-        versions = [{"groupVersion": f"{name}/{v}", "version": v} for v in groups[name]]
-        return {"name": name, "versions": versions, "preferredVersion": versions[0]}
-
-    if segments == ["apis"]:
-        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [group_body(g) for g in sorted(groups)]}
-    if len(segments) == 2 and segments[0] == "apis" and segments[1] in groups:
-        return {"kind": "APIGroup", "apiVersion": "v1", **group_body(segments[1])}
-    if len(segments) == 3 and segments[0] == "apis" and segments[1] in groups:
-        group, version = segments[1], segments[2]
-        matching = [k for k in kinds if k.group == group and k.version == version]
-        return _resource_list(matching, f"{group}/{version}") if matching else None
-    return None
-
-
 # ---- HTTP ----------------------------------------------------------------------------------------------------
 
 
@@ -215,10 +156,41 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], store: ObjectStore, faults: FaultInjector) -> None:
+    def __init__(
+        self, address: tuple[str, int], store: ObjectStore, faults: FaultInjector, history: EventHistory
+    ) -> None:
         super().__init__(address, _Handler)
         self.store = store
         self.faults = faults
+        self.history = history
+        self.stopping = threading.Event()
+        self._watch_cond = threading.Condition()
+        self._watches: set[socket.socket] = set()
+
+    def watch_started(self, connection: socket.socket) -> None:
+        with self._watch_cond:
+            self._watches.add(connection)
+
+    def watch_ended(self, connection: socket.socket) -> None:
+        with self._watch_cond:
+            self._watches.discard(connection)
+            self._watch_cond.notify_all()
+
+    def watch_count(self) -> int:
+        with self._watch_cond:
+            return len(self._watches)
+
+    def end_watches(self, grace: float = 2.0) -> None:
+        """Stop serving watches: the history wakes every stream, which ends its response cleanly; a stream still
+        open after `grace` (blocked writing to a client that stopped reading) has its connection shut down."""
+        self.stopping.set()
+        self.history.stop()
+        with self._watch_cond:
+            self._watch_cond.wait_for(lambda: not self._watches, timeout=grace)
+            stuck = list(self._watches)
+        for connection in stuck:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -253,17 +225,25 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         try:
             if method == "GET":
-                discovered = _discovery(self.server.store, segments, self.headers.get("Host", ""))
+                discovered = discover(self.server.store, segments, self.headers.get("Host", ""),
+                                      self.headers.get("Accept"))
                 if discovered is not None:
-                    self._send(200, discovered)
+                    self._send(200, *discovered)
                     return
             route = _route(self.server.store, segments)
             if route is None:
                 raise _not_found_path()
             if self._inject_fault():
                 return
+            if method != "GET":
+                self._send(*self._dispatch(method, route, query, body))
+                return
+            output = negotiate(self.headers.get("Accept"), query)
+            if route.name is None and query.get("watch") in ("true", "1"):
+                self._watch(route, query, output)
+                return
             code, payload = self._dispatch(method, route, query, body)
-            self._send(code, payload)
+            self._send(code, transform(route.kind, payload, output))
         except ApiError as error:
             self._send(error.code, error.to_status())
         except (BrokenPipeError, ConnectionResetError):
@@ -272,6 +252,60 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("sandbox apiserver: internal error on %s %s", method, self.path)
             bug = ApiError(500, "InternalError", "Internal error occurred: sandbox apiserver bug")
             self._send(500, bug.to_status())
+
+    def _watch(self, route: Route, query: dict[str, str], output: Output) -> None:
+        """Stream watch events as newline-delimited JSON in a chunked 200 response (handlers/watch.go ServeHTTP);
+        errors found before the stream starts are the HTTP status, later ones an ERROR event."""
+        server = self.server
+        selection = Selection(route.kind, route.namespace, query.get("labelSelector"), query.get("fieldSelector"))
+        default_timeout = MIN_REQUEST_TIMEOUT * (1 + random.random())  # handlers/get.go ListResource
+        request = parse_watch_request(selection, query, default_timeout)
+        to_output = WatchTransformer(route.kind, output)
+        events = stream(server.history, server.store, request)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Cache-Control", "no-cache, private")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        server.watch_started(self.connection)
+        try:
+            try:
+                for event in events:
+                    if server.stopping.is_set():
+                        break
+                    if event is None:
+                        if self._client_gone():
+                            self.close_connection = True
+                            return
+                        continue
+                    kind, obj = event
+                    self._write_chunk((json.dumps({"type": kind, "object": to_output(obj)}) + "\n").encode())
+            except ApiError as error:
+                self._write_chunk((json.dumps({"type": "ERROR", "object": error.to_status()}) + "\n").encode())
+            except OSError:
+                raise
+            except Exception:  # the headers are gone: a sandbox bug ends the stream with an ERROR event
+                log.exception("sandbox apiserver: internal error in the watch %s", self.path)
+                bug = ApiError(500, "InternalError", "Internal error occurred: sandbox apiserver bug")
+                self._write_chunk((json.dumps({"type": "ERROR", "object": bug.to_status()}) + "\n").encode())
+            self._write_chunk(b"")
+        except OSError:  # the client went away, or stop() shut the connection down
+            self.close_connection = True
+        finally:
+            server.watch_ended(self.connection)
+            if server.stopping.is_set():
+                self.close_connection = True
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its end (a readable socket with nothing to read)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -304,11 +338,8 @@ class _Handler(BaseHTTPRequestHandler):
         manager = query.get("fieldManager") or self._default_manager()
         if method == "GET":
             if route.name is None:
-                if query.get("watch") in ("true", "1"):
-                    raise method_not_allowed("watch is not supported by the sandbox API server")
-                listed = store.list_objects(kind, route.namespace, query.get("labelSelector"),
-                                            query.get("fieldSelector"))
-                return 200, listed
+                selection = Selection(kind, route.namespace, query.get("labelSelector"), query.get("fieldSelector"))
+                return 200, list_objects(store, self.server.history, selection, query)
             return 200, store.get(kind, route.namespace, route.name)
         if route.name is None:
             if method != "POST":
@@ -347,11 +378,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, code: int, payload: JsonObj, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
+        all_headers = {"Content-Type": "application/json", "Cache-Control": "no-cache, private", **(headers or {}),
+                       "Content-Length": str(len(data))}
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-cache, private")
-        for name, value in (headers or {}).items():
+        for name, value in all_headers.items():
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
@@ -378,10 +408,17 @@ class SandboxApiServer:
     """The HTTP server in a background thread. `port=0` picks a free port."""
 
     def __init__(
-        self, store: ObjectStore, *, host: str = "127.0.0.1", port: int = 0, faults: FaultInjector | None = None
+        self,
+        store: ObjectStore,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: FaultInjector | None = None,
+        watch_history: int = DEFAULT_HISTORY,
     ) -> None:
         self.store = store
         self.faults = faults or FaultInjector()
+        self.history = EventHistory(store, watch_history)
         self._address = (host, port)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -393,10 +430,16 @@ class SandboxApiServer:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
+    @property
+    def active_watches(self) -> int:
+        """How many watch streams are open right now."""
+        return self._server.watch_count() if self._server is not None else 0
+
     def start(self) -> None:
         if self._server is not None:
             return
-        self._server = _Server(self._address, self.store, self.faults)
+        self.history.start()
+        self._server = _Server(self._address, self.store, self.faults, self.history)
         serve: Callable[[float], None] = self._server.serve_forever
         # A short poll interval keeps stop() quick; the loop blocks in select() in between.
         self._thread = threading.Thread(target=serve, args=(0.05,), name="sandbox-apiserver", daemon=True)
@@ -406,6 +449,7 @@ class SandboxApiServer:
     def stop(self) -> None:
         if self._server is None:
             return
+        self._server.end_watches()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:

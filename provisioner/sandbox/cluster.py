@@ -24,6 +24,7 @@ from kubernetes import config as kube_config
 from provisioner.sandbox.apiserver import FaultInjector, SandboxApiServer
 from provisioner.sandbox.flux_simulator import FluxSimulator, FluxSimulatorConfig
 from provisioner.sandbox.store import ChangeEvent, JsonObj, NamespaceController, ObjectStore
+from provisioner.sandbox.watch import DEFAULT_HISTORY
 
 __all__ = ["FluxSimulatorConfig", "SandboxCluster"]
 
@@ -103,10 +104,12 @@ class SandboxCluster:
         port: int = 0,
         flux: FluxSimulatorConfig | None = None,
         artifact_dir: Path | None = None,
+        watch_history: int = DEFAULT_HISTORY,
     ) -> None:
         self.store = ObjectStore()
         self.faults = FaultInjector()
-        self._apiserver = SandboxApiServer(self.store, host=host, port=port, faults=self.faults)
+        self._apiserver = SandboxApiServer(self.store, host=host, port=port, faults=self.faults,
+                                           watch_history=watch_history)
         self._namespace_controller = NamespaceController(self.store)
         self._persister = StatePersister(self.store, state_file) if state_file is not None else None
         self._own_artifact_dir = artifact_dir is None and state_file is None
@@ -160,6 +163,11 @@ class SandboxCluster:
     @property
     def url(self) -> str:
         return self._apiserver.url
+
+    @property
+    def active_watches(self) -> int:
+        """How many watch streams the API server is serving right now."""
+        return self._apiserver.active_watches
 
     def kubeconfig(self) -> JsonObj:
         return {

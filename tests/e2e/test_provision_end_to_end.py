@@ -3,6 +3,7 @@ cluster with its Flux simulator. Every assertion reads the systems back, not the
 
 from __future__ import annotations
 
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
+from provisioner.binaries import bundled_binary
 from provisioner.contracts import (
     PROVISIONING_STEPS,
     ErrorType,
@@ -139,3 +141,37 @@ async def test_stalled_flux_fails_the_run_at_once_with_the_reason(stack: Stack) 
     record = get_project(stack.settings.effective_database_url, slug)
     assert record is not None and record.status == ProjectStatus.FAILED.value
     assert "Stalled" in record.last_message
+
+
+def kubectl(stack: Stack, cache_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real kubectl against the stack's cluster, as a user runs it after `provisioner create`."""
+    command = [bundled_binary("kubectl"), "--kubeconfig", str(stack.settings.kubeconfig), "--cache-dir", str(cache_dir)]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+async def test_after_ready_kubectl_shows_the_applied_app_and_its_ready_kustomization(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Ready means the app is there and healthy at that commit: Flux (simulated) applied the Deployment and the
+    Service the template renders, and waited for the Deployment to be available (`spec.wait`)."""
+    slug = unique_slug("app")
+    result = await (await stack.provisioner.start(spec_for(slug))).result()
+    assert result.status is ProjectStatus.READY, result.message
+
+    deployments = kubectl(stack, tmp_path, "get", "deployment", "-n", slug)
+    assert deployments.returncode == 0, deployments.stderr
+    header, row = deployments.stdout.splitlines()
+    assert header.split()[:4] == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE"]
+    assert row.split()[:4] == [slug, "1/1", "1", "1"]
+    everything = kubectl(stack, tmp_path, "get", "all", "-n", slug)
+    assert f"deployment.apps/{slug}" in everything.stdout and f"service/{slug}" in everything.stdout
+    ready = "--for=condition=Ready"
+    waited = kubectl(stack, tmp_path, "wait", ready, f"kustomization/{slug}", "-n", slug, "--timeout=30s")
+    assert waited.returncode == 0 and "condition met" in waited.stdout, waited.stderr
+
+    kustomization = stack.flux_object("Kustomization", slug)
+    assert kustomization["spec"]["wait"] is True
+    inventory = {entry["id"] for entry in kustomization["status"]["inventory"]["entries"]}
+    assert inventory == {f"{slug}_{slug}_apps_Deployment", f"{slug}_{slug}__Service"}
+    healthy = {c["type"]: c for c in kustomization["status"]["conditions"]}["Healthy"]
+    assert healthy["status"] == "True"
