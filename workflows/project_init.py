@@ -333,9 +333,10 @@ class ProvisioningRun:
         """
         steps = self._steps
         summary = f"{failure.step.value} failed: {failure.message}"
-        if failure.error_type in FINAL_ERROR_TYPES or self._spec is None:
+        if failure.error_type in FINAL_ERROR_TYPES:
             steps.set_status(ProjectStatus.FAILED, summary)
             return OperatorDecision(FailureAction.LEAVE, "the request cannot succeed: nothing was made")
+        assert self._spec is not None  # an update fails before its spec is known only with a final error
         policy = self._spec.on_failure
         if policy.decision_timeout <= timedelta(0):
             return OperatorDecision(policy.default_action, "the failure policy decides at once")

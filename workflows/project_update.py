@@ -82,8 +82,8 @@ class ProjectUpdateWorkflow(ProvisioningRun):
         steps.set_status(ProjectStatus.UPDATING, f"updating {change.slug}")
         try:
             spec = await read_project(steps, change)
-        except StepFailed as failure:
-            await self._await_decision(failure)  # final: records the status, waits for nothing
+        except StepFailed as failure:  # no project, or a malformed change: nothing was made, nothing to decide
+            steps.set_status(ProjectStatus.FAILED, f"{failure.step.value} failed: {failure.message}")
             raise steps.fail_run(failure) from None
         return await self._provision_until_decided(spec)
 
