@@ -33,13 +33,9 @@ class ProjectCatalog:
     templates_dir: Path
     database_url: str
 
-    def field_errors(self, spec: ProjectSpec) -> list[FieldError]:
-        """Every field error of `spec`: its shape (`validate_spec`), then the rules of its template (that it
-        exists, its declared parameters and environments), each field reported once."""
-        return self._checked(spec)[1]
-
     def check(self, spec: ProjectSpec) -> CheckedSpec:
-        """`spec` with its identity; RequestRefused naming every field error."""
+        """`spec` with its identity; RequestRefused naming every field error: its shape (`validate_spec`), then the
+        rules of its template (that it exists, its declared parameters and environments), each field once."""
         identity, errors = self._checked(spec)
         if errors or identity is None:
             raise RequestRefused(errors)
