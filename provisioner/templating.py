@@ -13,8 +13,9 @@ Security model (tenants choose parameters; operators write templates):
   (methods and filters taking a width, e.g. `center`, are not bounded: declare a `maximum` on integer parameters);
 - the request itself is bounded (provisioner/contracts.py): at most 64 parameters, 4096 characters a value,
   64 Ki characters of names and values together, integers within +-(2**53 - 1), finite numbers, valid Unicode;
-- rendered paths must stay inside the output tree, symlinks and special files in the template are refused,
-  and the rendered output is bounded in file count and size.
+- rendered paths must stay inside the output tree; symlinks, special files and file names that are not UTF-8 in
+  the template are refused (also when a file is swapped after the scan), and the rendered output is bounded in file
+  count and size.
 """
 
 from __future__ import annotations
@@ -721,6 +722,11 @@ def _collect_sources(manifest: TemplateManifest, limits: RenderLimits) -> list[_
             entries = list(scan)
         for entry in entries:
             entry_parts = (*parts, entry.name)
+            if not _is_utf8(entry.name):  # undecodable bytes, which os.scandir hands over as lone surrogates
+                raise TemplateRenderFailed(
+                    f"template {manifest.name!r} has a file name that is not valid UTF-8 at "
+                    f"{'/'.join(entry_parts)!r}: refused"
+                )
             status = entry.stat(follow_symlinks=False)
             if stat.S_ISLNK(status.st_mode):
                 raise TemplateRenderFailed(
@@ -878,9 +884,12 @@ def _is_local_reference(entry: str) -> bool:
 
 
 def _read_regular_file(source: _SourceFile, template: str, limit: int) -> bytes:
-    """Read at most `limit` + 1 bytes, refusing a file that was swapped for a symlink or special file meanwhile."""
+    """Read at most `limit` + 1 bytes, refusing a file that was swapped for a symlink or special file meanwhile.
+
+    Non-blocking, so that opening a FIFO swapped in since the scan returns at once (and is refused) instead of
+    waiting for a writer forever; reading a regular file ignores the flag."""
     try:
-        descriptor = os.open(source.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        descriptor = os.open(source.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         if source.path.is_symlink():
             raise TemplateRenderFailed(
@@ -891,6 +900,14 @@ def _read_regular_file(source: _SourceFile, template: str, limit: int) -> bytes:
         if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
             raise TemplateRenderFailed(f"template {template!r} contains a special file at {source.name!r}: refused")
         return stream.read(limit + 1)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_real_directory(path: Path) -> bool:
