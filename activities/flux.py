@@ -185,6 +185,8 @@ def kustomization_manifest(spec: ProjectSpec, kustomize_path: str, requested_at:
 # Stalled reasons... are passed through as Flux wrote them):
 #   NotFound                     the object does not exist (yet)                                       IN_PROGRESS
 #   Pending                      no status condition at all: no controller has written a status yet    IN_PROGRESS
+#   NoReadyCondition             conditions, but neither a Ready one nor Reconciling=True: nothing says
+#                                why the object is not Ready (flux2 isObjectReady: not ready)          IN_PROGRESS
 #   Terminating                  metadata.deletionTimestamp is set (kstatus's TerminatingStatus)       IN_PROGRESS
 #   Suspended                    spec.suspend: Flux reconciles nothing until it is resumed             FAILED
 #   LatestGenerationNotObserved  status.observedGeneration or the Ready condition's observedGeneration
@@ -244,11 +246,20 @@ def judge_object(kind: str, obj: Mapping[str, Any], request: ReadinessRequest) -
     # flux2 cmd/flux/readiness.go isObjectReady: "Object not reconciled yet" (observedGeneration < 1), and no Ready
     # condition is not ready either. Before the first success Ready already carries Flux's reason
     # (GitOperationFailed, ArtifactFailed, BuildFailed...): report it; "Pending" only when there is no condition.
-    if not isinstance(observed, int) or observed < 1 or ready is None:
+    reconciled = isinstance(observed, int) and observed >= 1
+    if not reconciled or ready is None:
         explained = _explanation(conditions)
-        if explained is None:
-            return result(ReadinessState.IN_PROGRESS, "Pending", "not reconciled yet: no status condition")
-        return result(ReadinessState.IN_PROGRESS, *explained)
+        if explained is not None:
+            return result(ReadinessState.IN_PROGRESS, *explained)
+        if conditions:
+            # No other condition says the object is not Ready (ArtifactInStorage=True, Healthy=True... do not):
+            # passing its reason on would report "Succeeded" for an object that is not Ready.
+            present = ", ".join(f"{type_}={c.get('status')}" for type_, c in conditions.items())
+            return result(ReadinessState.IN_PROGRESS, "NoReadyCondition", f"no Ready condition yet ({present})")
+        if reconciled:
+            message = f"no status condition, although status.observedGeneration is {observed}"
+            return result(ReadinessState.IN_PROGRESS, "Pending", message)
+        return result(ReadinessState.IN_PROGRESS, "Pending", "not reconciled yet: no status condition")
     # flux2 readiness.go isObjectReady (the Ready condition's observedGeneration) and kstatus generic.go
     # checkGeneration (status.observedGeneration): both must be the current generation.
     if observed != generation or ready.get("observedGeneration") != generation:
@@ -303,7 +314,7 @@ def _conditions(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 
 def _explanation(conditions: Mapping[str, Mapping[str, Any]]) -> tuple[str, str] | None:
     """(reason, message) of the condition that says why an object is not Ready yet: Ready=False, else Reconciling,
-    else Ready, else any condition; None when there is no condition at all."""
+    else Ready; None when there is neither a Ready condition nor Reconciling=True."""
     ready = conditions.get(READY_CONDITION)
     reconciling = conditions.get(RECONCILING_CONDITION)
     if ready is not None and ready.get("status") == "False":
@@ -312,8 +323,6 @@ def _explanation(conditions: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]
         chosen = reconciling
     elif ready is not None:
         chosen = ready
-    elif conditions:
-        chosen = next(iter(conditions.values()))
     else:
         return None
     return str(chosen.get("reason") or chosen.get("type") or "Unknown"), str(chosen.get("message", ""))

@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -24,6 +26,7 @@ from activities.records import (
 )
 from provisioner.contracts import ErrorType, ProjectIdentity, ProjectRecordUpdate, ProjectStatus
 from provisioner.db import engine_for, migrate
+from provisioner.db.engine import ALEMBIC_INI
 from provisioner.db.projects import get_project, list_projects
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -310,8 +313,20 @@ def test_concurrent_sqlite_activities_end_in_one_row(sqlite_url: str) -> None:
     with ThreadPoolExecutor(max_workers=6) as pool:
         summaries = list(pool.map(run_activity, range(6), timeout=60))
 
-    assert len(summaries) == 6
+    # Every activity wrote (none was refused or skipped as stale), and they all wrote the same one row.
+    assert [(s.slug, s.status, s.applied) for s in summaries] == [("billing-api", ProjectStatus.PROVISIONING, True)] * 6
     assert row_count(sqlite_url, "billing-api") == 1
+    project = get_project(sqlite_url, "billing-api")
+    assert project is not None
+    assert (project.status, project.commit_sha, project.parameters) == (
+        ProjectStatus.PROVISIONING,
+        "a" * 40,
+        {"owner": "payments", "replicas": 2},
+    )
+    # The row was created by one of these writes and last updated by one (each takes its time before its
+    # transaction, so the order of the times need not be the order of the commits).
+    written = {summary.updated_at for summary in summaries}
+    assert project.updated_at in written and project.created_at in written
 
 
 # ---- Ordered writes: a late, stale attempt changes nothing ----------------------------------------------------
@@ -375,6 +390,58 @@ def test_a_stale_update_of_an_existing_record_is_skipped(postgres_url: str) -> N
     assert update_project(engine, replace(deleting, slug="unknown", written_at=T0), now=T0) is None
     project = get_project(postgres_url, "billing-api")
     assert project is not None and project.status is ProjectStatus.DELETED
+
+
+def store_a_record_as_written_before_migration_0002(database_url: str) -> None:
+    """A database at revision 0001 with the row its code wrote, then upgraded to head: `status_written_at` NULL."""
+    engine = engine_for(database_url)
+    config = Config(str(ALEMBIC_INI))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(
+            text(
+                "INSERT INTO projects (slug, display_name, template, environment, namespace, status, last_message) "
+                "VALUES ('billing-api', 'Billing API', 'web-service', 'development', 'billing-api', 'ready', 'Ready')"
+            )
+        )
+    migrate(database_url)
+    with engine.connect() as connection:
+        stored = connection.execute(text("SELECT status, status_written_at FROM projects")).all()
+    assert [tuple(row) for row in stored] == [("ready", None)]
+
+
+@pytest.mark.parametrize("path", ["update", "upsert"])
+def test_a_record_written_before_migration_0002_accepts_ordered_writes(fresh_postgres_url: str, path: str) -> None:
+    """Both freshness guards treat a stored NULL `status_written_at` as "older than any ordered write": the first
+    ordered write applies, and from then on the order holds."""
+    store_a_record_as_written_before_migration_0002(fresh_postgres_url)
+    engine = engine_for(fresh_postgres_url)
+
+    def write(status: ProjectStatus, message: str, written_at: datetime) -> ProjectRecordSummary:
+        update = replace(finalize_update(status, message), written_at=written_at)
+        summary = (update_project if path == "update" else upsert_project)(engine, update, now=written_at)
+        assert summary is not None
+        return summary
+
+    first = write(ProjectStatus.UPDATING, "Updating", T0 + timedelta(minutes=1))
+    stale = write(ProjectStatus.FAILED, "A late attempt", T0)
+    later = write(ProjectStatus.NOT_READY, "Flux did not report Ready", T0 + timedelta(minutes=2))
+
+    assert (first.applied, first.status) == (True, ProjectStatus.UPDATING)
+    assert (stale.applied, stale.status) == (False, ProjectStatus.UPDATING)
+    assert (later.applied, later.status) == (True, ProjectStatus.NOT_READY)
+    project = get_project(fresh_postgres_url, "billing-api")
+    assert project is not None
+    assert (project.status, project.last_message, project.updated_at) == (
+        ProjectStatus.NOT_READY,
+        "Flux did not report Ready",
+        T0 + timedelta(minutes=2),
+    )
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT status_written_at FROM projects")).scalar_one() == T0 + timedelta(
+            minutes=2
+        )
 
 
 # ---- A create claims the slug; the revision never describes another commit ------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from activities.flux import judge_object, summarize
 from provisioner.contracts import ObjectReadiness, ReadinessReport, ReadinessRequest, ReadinessState
 
@@ -409,7 +411,46 @@ def test_observed_but_without_a_ready_condition_is_in_progress_without_crashing(
     assert judged.state is ReadinessState.IN_PROGRESS
     assert (judged.reason, judged.message) == ("Progressing", "reconciliation in progress")
     bare = judge_object("GitRepository", git_repository([], generation=2, observed=2), REQUEST)
-    assert (bare.state, bare.reason) == (ReadinessState.IN_PROGRESS, "Pending")
+    assert (bare.state, bare.reason, bare.message) == (
+        ReadinessState.IN_PROGRESS,
+        "Pending",
+        "no status condition, although status.observedGeneration is 2",
+    )
+
+
+def test_observed_with_only_conditions_that_do_not_explain_is_in_progress_with_no_ready_condition() -> None:
+    # status.observedGeneration 1 and everything else at the pushed revision, but no Ready condition: the other
+    # conditions' own reasons ("Succeeded") would read as success, so the judgement names what is missing.
+    source = git_repository([stored(NEW)[1]])  # ArtifactInStorage=True only
+    kustomize = kustomization([condition("Healthy", "True", "Succeeded", "Health check passed")])
+    report = judge(source, kustomize)
+    assert report.state is ReadinessState.IN_PROGRESS
+    assert (report.reason, report.message) == (
+        "NoReadyCondition",
+        "GitRepository/shop: no Ready condition yet (ArtifactInStorage=True)",
+    )
+    judged = judge_object("Kustomization", kustomize, REQUEST)
+    assert (judged.state, judged.reason, judged.message) == (
+        ReadinessState.IN_PROGRESS,
+        "NoReadyCondition",
+        "no Ready condition yet (Healthy=True)",
+    )
+
+
+@pytest.mark.parametrize("observed", [None, 0, "1"], ids=["absent", "zero", "not-a-number"])
+def test_not_yet_observed_reports_flux_reason_not_a_generation_gap(observed: Any) -> None:
+    # kustomize-controller's first reconcile of generation 1: Ready=Unknown at generation 1 and Reconciling, before
+    # status.observedGeneration is ever written (0 or anything but a positive integer counts as not written).
+    fetching = f"Fetching manifests for revision {NEW} with a timeout of 2m0s"
+    conditions = [
+        condition("Ready", "Unknown", "Progressing", "Reconciliation in progress"),
+        condition("Reconciling", "True", "Progressing", fetching),
+    ]
+    obj = kustomization(conditions, revision=None, observed=None, handled=None)
+    if observed is not None:
+        obj["status"]["observedGeneration"] = observed
+    judged = judge_object("Kustomization", obj, REQUEST)
+    assert (judged.state, judged.reason, judged.message) == (ReadinessState.IN_PROGRESS, "Progressing", fetching)
 
 
 def test_ready_condition_about_an_older_generation_is_in_progress() -> None:
@@ -426,6 +467,19 @@ def test_status_observed_generation_behind_is_in_progress() -> None:
     assert judged.reason == "LatestGenerationNotObserved"
     assert judged.message == (
         "generation 2 not yet observed (status.observedGeneration 1, Ready condition's observedGeneration 2)"
+    )
+
+
+def test_a_failure_about_an_older_generation_is_not_reported_as_the_current_state() -> None:
+    # Generation 1 failed, then the spec changed (generation 2) and nothing has observed it: the old failure says
+    # nothing about the new spec.
+    message = "kustomization path not found: stat /tmp/kustomization-1/k8s/overlays/staging: no such file or directory"
+    conditions = [condition("Ready", "False", "ArtifactFailed", message, generation=1)]
+    judged = judge_object("Kustomization", kustomization(conditions, generation=2, observed=1), REQUEST)
+    assert (judged.state, judged.reason, judged.message) == (
+        ReadinessState.IN_PROGRESS,
+        "LatestGenerationNotObserved",
+        "generation 2 not yet observed (status.observedGeneration 1, Ready condition's observedGeneration 1)",
     )
 
 

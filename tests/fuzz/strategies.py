@@ -42,7 +42,7 @@ from provisioner.templating import ParameterSpec, TemplateManifest, load_templat
 SHIPPED_TEMPLATES = PROJECT_ROOT / "templates"
 WEB_SERVICE = load_template(SHIPPED_TEMPLATES, "web-service")
 
-# The fields of a request that validate_spec judges (on_failure has rules and tests of its own).
+# The fields of a request that validate_spec judges (on_failure has rules of its own: tests/test_contracts.py).
 SPEC_FIELDS = ("slug", "display_name", "template", "environment", "parameters", "ready_timeout")
 
 # Kubernetes' rule for namespace names (a DNS-1123 label), stated here independently of the contract's patterns:
