@@ -11,6 +11,10 @@ error message is scrubbed before it leaves this module.
 
 `delete_repository` removes only a repository that carries the project's ownership marker; a missing one is done.
 
+The local provider builds and removes repositories in scratch directories named after the project
+(`.creating-<slug>`, `.deleting-<slug>`), so a retry after a killed attempt finds what that attempt left and cleans
+it up or finishes it (see `_ScratchDirectory`).
+
 The provider comes from `Settings.git_provider`: `local` (below), `gitea` or `github` (activities/git_providers.py).
 """
 
@@ -18,12 +22,14 @@ from __future__ import annotations
 
 import base64
 import errno
+import fcntl
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -59,6 +65,7 @@ from provisioner.contracts import (
 )
 from provisioner.settings import Settings
 from provisioner.templating import RenderedTree, TemplateError, render_project
+from provisioner.testhold import hold_point
 
 log = logging.getLogger(__name__)
 
@@ -168,25 +175,33 @@ class LocalRepositoryProvider:
     def delete_repository(self, slug: str) -> bool:
         check_repository_name(slug)
         path = self.repository_path(slug)
-        if not os.path.lexists(path):
+        self._discard_creating(slug)
+        deleting = self._repos_dir / f".deleting-{slug}"
+        if not os.path.lexists(path) and not os.path.lexists(deleting):
             return False
-        if path.is_symlink():
-            raise repository_conflict(
-                f"repository {path.name!r} is a symbolic link, not a repository created by {MANAGED_BY}; "
-                "refusing to delete it"
-            )
-        self._check_owned_by(path, slug)
         # Renamed out of the served name first (the leading dot hides it), so no client ever sees a half-deleted
-        # repository and a concurrent delete finds nothing; then removed.
-        doomed = Path(tempfile.mkdtemp(prefix=f".deleting-{slug}-", dir=self._repos_dir))
-        try:
-            os.rename(path, doomed / "repository")
-        except FileNotFoundError:
-            shutil.rmtree(doomed, ignore_errors=True)
-            return False  # another call deleted it meanwhile
-        shutil.rmtree(doomed)
-        log.info("deleted repository %s", path.name)
-        return True
+        # repository; then removed. A concurrent delete waits for this one and then finds nothing. A
+        # `.deleting-<slug>` that was already there is what a killed delete left: that one had checked the owner,
+        # so finishing it is this deletion.
+        with _ScratchDirectory.hold(deleting) as doomed:
+            deleted = doomed.left_over
+            if os.path.lexists(path):
+                if path.is_symlink():
+                    raise repository_conflict(
+                        f"repository {path.name!r} is a symbolic link, not a repository created by {MANAGED_BY}; "
+                        "refusing to delete it"
+                    )
+                self._check_owned_by(path, slug)
+                try:
+                    os.rename(path, doomed.path / "repository")
+                except FileNotFoundError:
+                    pass  # removed by hand meanwhile (a concurrent delete of ours waits for this one)
+                else:
+                    deleted = True
+                    hold_point("delete_repository.renamed")
+        if deleted:
+            log.info("deleted repository %s", path.name)
+        return deleted
 
     def push_url(self, repository: RepositoryInfo) -> str:
         url = self._url(repository.name)
@@ -203,9 +218,10 @@ class LocalRepositoryProvider:
         """Build the repository in a staging directory and rename it into place; False if another call won."""
         self._repos_dir.mkdir(parents=True, exist_ok=True)
         # The leading dot keeps a half-built repository from ever being served.
-        staging = Path(tempfile.mkdtemp(prefix=f".creating-{slug}-", dir=self._repos_dir))
-        try:
-            repo = Repo.init_bare(str(staging), default_branch=self._default_branch.encode())
+        with _ScratchDirectory.hold(self._repos_dir / f".creating-{slug}") as staging:
+            if os.path.lexists(path):
+                return False  # created by the call this one waited for
+            repo = Repo.init_bare(str(staging.path), default_branch=self._default_branch.encode())
             try:
                 config = repo.get_config()
                 config.set(MARKER_SECTION, b"project", slug.encode())
@@ -214,16 +230,21 @@ class LocalRepositoryProvider:
                 config.write_to_path()
             finally:
                 repo.close()
-            (staging / "description").write_text(f"{description}\n", encoding="utf-8")
+            (staging.path / "description").write_text(f"{description}\n", encoding="utf-8")
+            hold_point("create_repository.staged")
             try:
-                os.rename(staging, path)
+                os.rename(staging.path, path)
             except OSError as exc:
                 if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
                     return False
                 raise
             return True
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+
+    def _discard_creating(self, slug: str) -> None:
+        """Remove what a killed `_create` left (waiting for a live one to finish)."""
+        if os.path.lexists(self._repos_dir / f".creating-{slug}"):
+            with _ScratchDirectory.hold(self._repos_dir / f".creating-{slug}"):
+                pass
 
     def _check_owned_by(self, path: Path, slug: str) -> str:
         """The default branch of the existing repository at `path`, which must carry `slug`'s ownership marker."""
@@ -243,6 +264,72 @@ class LocalRepositoryProvider:
                 f"repository {path.name!r} already exists and belongs to project {owner!r}, not {slug!r}"
             )
         return _head_branch(path) or self._default_branch
+
+
+@dataclass(frozen=True)
+class _ScratchDirectory:
+    """A scratch directory with a fixed name (`.creating-<slug>`, `.deleting-<slug>`) that one call holds at a time.
+
+    Holding it is an exclusive `flock` on the directory itself, so a second call for the same project waits for the
+    first, while the directory of a killed call (its lock died with its process) is taken over by the retry:
+    `left_over` says so, and its contents are removed before the holder gets it, empty. On leaving, the directory
+    is removed unless the holder renamed it away (into place as the repository). Only the holder ever renames or
+    removes it; anyone may create it when it is missing, which is why a call checks, once it holds the lock, that
+    the directory it locked is still the one at `path`, and starts over when it is not.
+    """
+
+    path: Path
+    left_over: bool
+    _fd: int
+
+    @classmethod
+    @contextmanager
+    def hold(cls, path: Path) -> Iterator[_ScratchDirectory]:
+        scratch = cls._acquire(path)
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
+            yield scratch
+        finally:
+            try:
+                if scratch._is_at_path():
+                    shutil.rmtree(path)
+            finally:
+                os.close(scratch._fd)  # releases the lock
+
+    @classmethod
+    def _acquire(cls, path: Path) -> _ScratchDirectory:
+        while True:
+            try:
+                os.mkdir(path, 0o700)
+                made = True
+            except FileExistsError:
+                made = False
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                continue  # renamed into place or removed by its holder in between: start over
+            scratch = cls(path, left_over=not made, _fd=fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # waits for a live holder; a killed one's lock is gone
+                if scratch._is_at_path():
+                    return scratch
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # the holder we waited for renamed or removed it: start over
+
+    def _is_at_path(self) -> bool:
+        try:
+            current = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(self._fd)
+        return (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _head_branch(bare_repo: Path) -> str | None:

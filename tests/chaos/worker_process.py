@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -44,7 +45,8 @@ def worker_environment(settings: Settings, temporal_address: str) -> dict[str, s
 
 
 class WorkerProcess:
-    """One worker process, its output in `log`. `crash_step` makes it the crashing worker (a StepName or ANY_STEP)."""
+    """One worker process, its output in `log`. `crash_step` makes it the crashing worker (a StepName or ANY_STEP);
+    `env` adds variables (e.g. provisioner/testhold.py's, to hold an activity inside its work)."""
 
     def __init__(
         self,
@@ -54,10 +56,11 @@ class WorkerProcess:
         *,
         crash_step: StepName | str | None = None,
         crash_marker: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.log = log
         self.crash_marker = crash_marker
-        self._env = worker_environment(settings, temporal_address)
+        self._env = worker_environment(settings, temporal_address) | dict(env or {})
         self._module = "worker"
         if crash_step is not None:
             assert crash_marker is not None, "the crashing worker reports its crash point in a marker file"
