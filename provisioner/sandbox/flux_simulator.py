@@ -106,6 +106,7 @@ class FluxSimulator:
         self._dependents: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._source_of: dict[tuple[str, str], tuple[str, str]] = {}
         self.reconcile_count = 0
+        self._reconciles: dict[Key, int] = {}  # reconciles ended, per object
         self.kustomize = KustomizeController(self)
         self.workloads = WorkloadController(store, config.workload_ready_delay)
 
@@ -169,6 +170,12 @@ class FluxSimulator:
             self._held -= released
         for key in released:
             self._queue.add(key)
+
+    def reconciles_of(self, kind: ResourceKind, namespace: str, name: str) -> int:
+        """How many reconciles of that object have ended, whatever they wrote (none, when nothing changed): a
+        test's proof that the simulator has looked at the object again."""
+        with self._lock:
+            return self._reconciles.get((kind.plural, namespace, name), 0)
 
     @property
     def held_count(self) -> int:
@@ -319,6 +326,7 @@ class FluxSimulator:
                 self._queue.done(key)
             with self._lock:
                 self.reconcile_count += 1
+                self._reconciles[key] = self._reconciles.get(key, 0) + 1
             if delay is not None:
                 self._queue.add(key, delay)
 

@@ -4,6 +4,8 @@ the Git host and PostgreSQL back."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 
 import pytest
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -19,7 +21,7 @@ from provisioner.contracts import (
     project_workflow_id,
 )
 from provisioner.db.projects import get_project
-from tests.stack import Stack, git, spec_for, unique_slug
+from tests.stack import Stack, spec_for, unique_slug
 from workflows.project_teardown import ProjectTeardownWorkflow
 
 
@@ -35,12 +37,23 @@ def assert_cluster_resources_gone(stack: Stack, slug: str) -> None:
     assert not stack.flux_object_exists("GitRepository", slug)
 
 
-def repository_is_served(url: str) -> bool:
-    try:
-        git("ls-remote", url)
-    except Exception:
-        return False
-    return True
+def served_branches(url: str) -> list[str] | None:
+    """The branches the git server serves at `url`, or None when it answers that there is no such repository (its
+    404, "repository not found"). Any other failure (server down, refused, timed out) fails the test."""
+    listing = subprocess.run(
+        ["git", "ls-remote", "--heads", url],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"},
+    )
+    if listing.returncode == 0:
+        return [line.split("\t", 1)[1] for line in listing.stdout.splitlines()]
+    not_found = ("remote: repository not found\n", f"fatal: repository '{url.rstrip('/')}/' not found\n")
+    if listing.returncode == 128 and all(line in listing.stderr for line in not_found):
+        return None
+    raise AssertionError(f"git ls-remote {url}: exit status {listing.returncode}: {listing.stderr.strip()}")
 
 
 async def test_teardown_removes_the_cluster_resources_and_keeps_the_repository(stack: Stack) -> None:
@@ -54,7 +67,7 @@ async def test_teardown_removes_the_cluster_resources_and_keeps_the_repository(s
 
     assert result.status is ProjectStatus.DELETED and not result.repository_deleted
     assert_cluster_resources_gone(stack, slug)
-    assert repository_is_served(repo_url)
+    assert served_branches(repo_url) == ["refs/heads/main"]
     record = get_project(stack.settings.effective_database_url, slug)
     assert record is not None
     assert record.status is ProjectStatus.DELETED
@@ -72,6 +85,7 @@ async def test_teardown_removes_the_cluster_resources_and_keeps_the_repository(s
 async def test_teardown_deletes_the_repository_when_asked(stack: Stack) -> None:
     slug = unique_slug("purge")
     repo_url = await provision(stack, slug)
+    assert served_branches(repo_url) == ["refs/heads/main"]  # so that "not found" below speaks of this repository
 
     handle = await stack.provisioner.teardown(slug, delete_repository=True)
     watched = [progress async for progress in stack.provisioner.watch(slug)]
@@ -81,7 +95,7 @@ async def test_teardown_deletes_the_repository_when_asked(stack: Stack) -> None:
     assert watched[-1].status is ProjectStatus.DELETED
     assert_cluster_resources_gone(stack, slug)
     assert not (stack.settings.git_repos_dir / f"{slug}.git").exists()
-    assert not repository_is_served(repo_url)
+    assert served_branches(repo_url) is None
     record = get_project(stack.settings.effective_database_url, slug)
     assert record is not None and record.status is ProjectStatus.DELETED
 

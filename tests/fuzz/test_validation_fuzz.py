@@ -19,6 +19,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from provisioner.contracts import (
+    DISPLAY_NAME_MAX_LENGTH,
+    MAX_READY_TIMEOUT,
+    MIN_READY_TIMEOUT,
+    SLUG_MAX_LENGTH,
     Parameters,
     ProjectSpec,
     is_template_name,
@@ -32,11 +36,13 @@ from tests.fuzz.checks import assert_clear, error_heads, round_trip
 from tests.fuzz.strategies import (
     LONE_SURROGATES,
     SHIPPED_TEMPLATES,
+    SPEC_FIELDS,
     WEB_SERVICE,
     Corrupted,
     Refused,
     display_names,
     is_kubernetes_label,
+    is_parameter_name,
     parameter_names,
     parameters_for,
     ready_timeouts,
@@ -119,32 +125,97 @@ def any_text(valid: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
     return st.one_of(valid, st.text(max_size=80), long_labels(), anything())
 
 
-@settings(CHEAP, max_examples=150)
-@given(
-    slug=any_text(slugs()),
-    display_name=any_text(display_names()),
-    template=any_text(st.sampled_from(["web-service", "../web-service", "no-such-template"])),
-    parameters=st.one_of(
+# What an arbitrary request puts in each field: a valid value, any text, or anything at all.
+ARBITRARY_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "slug": any_text(slugs()),
+    "display_name": any_text(display_names()),
+    "template": any_text(st.sampled_from(["web-service", "../web-service", "no-such-template"])),
+    "environment": any_text(st.sampled_from(sorted(WEB_SERVICE.environments))),
+    "parameters": st.one_of(
         parameters_for(WEB_SERVICE),
         st.dictionaries(st.one_of(parameter_names(), st.text(max_size=70), st.integers()), anything(), max_size=5),
         anything(),
     ),
-    environment=any_text(st.sampled_from(["development", "production"])),
-    ready_timeout=st.one_of(ready_timeouts(), st.timedeltas(), anything()),
-)
+    "ready_timeout": st.one_of(ready_timeouts(), st.timedeltas(), anything()),
+}
+TEMPLATE_JUDGED_FIELDS = {"template", "environment", "parameters"}
+
+
+@st.composite
+def arbitrary_requests(draw: st.DrawFn) -> tuple[ProjectSpec, frozenset[str]]:
+    """A valid request with any set of its fields (often none) given arbitrary values; the request and that set."""
+    spec = draw(valid_specs())
+    fields = draw(st.sets(st.sampled_from(SPEC_FIELDS)))
+    return replace(spec, **{name: draw(ARBITRARY_FIELDS[name]) for name in sorted(fields)}), frozenset(fields)
+
+
+def plainly_invalid_fields(spec: ProjectSpec) -> set[str]:
+    """The fields whose value no request may carry, by the contract's rules stated independently of validate_spec."""
+    slug, name, timeout = spec.slug, spec.display_name, spec.ready_timeout
+    checks = {
+        "slug": isinstance(slug, str) and len(slug) <= SLUG_MAX_LENGTH and is_kubernetes_label(slug),
+        "display_name": isinstance(name, str) and bool(name.strip()) and name.isprintable()
+        and len(name) <= DISPLAY_NAME_MAX_LENGTH,
+        "template": isinstance(spec.template, str) and is_kubernetes_label(spec.template),
+        "environment": isinstance(spec.environment, str) and is_kubernetes_label(spec.environment),
+        "parameters": isinstance(spec.parameters, dict) and all(map(is_parameter_name, spec.parameters)),
+        "ready_timeout": isinstance(timeout, timedelta) and MIN_READY_TIMEOUT <= timeout <= MAX_READY_TIMEOUT,
+    }
+    return {field for field, valid in checks.items() if not valid}
+
+
+def fields_web_service_refuses(spec: ProjectSpec) -> set[str]:
+    """Well-formed fields the shipped web-service template refuses: an environment or parameter it does not declare,
+    a required parameter missing. (Values outside a declaration: see the template_rejected_specs test.)"""
+    if spec.template != WEB_SERVICE.name:
+        return set()
+    refused = set()
+    if isinstance(spec.environment, str) and spec.environment not in WEB_SERVICE.environments:
+        refused.add("environment")
+    parameters = spec.parameters if isinstance(spec.parameters, dict) else {}
+    required = {name for name, parameter in WEB_SERVICE.parameters.items() if parameter.required}
+    if set(parameters) - set(WEB_SERVICE.parameters) or required - set(parameters):
+        refused.add("parameters")
+    return refused
+
+
+@settings(CHEAP, max_examples=200)
+@given(arbitrary_requests())
+@example((ProjectSpec("demo-app", "Demo", "web-service", {"owner": "payments"}), frozenset()))
 # Found by this test: a well-formed template name too long for the filesystem crashed with an OSError.
-@example("demo-app", "Demo", "a" * 256, {"owner": "payments"}, "development", timedelta(minutes=1))
-def test_any_request_is_rendered_or_refused_and_never_crashes_validation(
-    slug: Any, display_name: Any, template: Any, parameters: Any, environment: Any, ready_timeout: Any
+@example((ProjectSpec("demo-app", "Demo", "a" * 256, {"owner": "payments"}), frozenset({"template"})))
+@example((ProjectSpec("demo-app", "Demo", "no-such-template", {"owner": "payments"}), frozenset({"template"})))
+def test_any_request_is_rendered_or_refused_naming_its_faulty_fields(
+    drawn: tuple[ProjectSpec, frozenset[str]],
 ) -> None:
-    spec = ProjectSpec(slug, display_name, template, parameters, environment, True, ready_timeout)
+    """A request whose fields are all valid is accepted and rendered. Otherwise only fields given arbitrary values
+    are ever blamed, every plainly invalid one is, validation and rendering refuse alike, and nothing crashes."""
+    spec, arbitrary = drawn
     errors = validate_spec(spec)
     assert_clear(errors)
+    invalid = plainly_invalid_fields(spec)
+    assert invalid <= error_heads(errors) <= arbitrary, errors
+    # (a template name plainly valid is a plain directory name)
+    unknown_template = "template" not in invalid and not (SHIPPED_TEMPLATES / spec.template).is_dir()
+    expected = invalid | fields_web_service_refuses(spec) | ({"template"} if unknown_template else set())
 
     try:
-        render_project(spec, SHIPPED_TEMPLATES)
-    except TemplateError as error:
-        assert error.message
+        tree = render_project(spec, SHIPPED_TEMPLATES)
+    except TemplateError as refusal:
+        blamed = error_heads(refusal.field_errors)
+        assert arbitrary, f"a valid request was refused: {refusal}"
+        assert expected <= blamed <= arbitrary, refusal.field_errors
+        assert_clear(refusal.field_errors)
+        if errors:  # what validation found, first, and what the template finds besides, at once
+            assert type(refusal) is InvalidInput and refusal.field_errors[: len(errors)] == errors
+            assert error_heads(refusal.field_errors[len(errors) :]) <= TEMPLATE_JUDGED_FIELDS
+        elif unknown_template:
+            assert type(refusal) is UnknownTemplate and [e.field for e in refusal.field_errors] == ["template"]
+        else:
+            assert type(refusal) is InvalidInput and blamed <= TEMPLATE_JUDGED_FIELDS
+    else:
+        assert not errors and not expected
+        assert (tree.template, tree.environment) == (spec.template, spec.environment)
 
 
 @settings(CHEAP, max_examples=200)

@@ -6,7 +6,6 @@ import base64
 import logging
 import tempfile
 import threading
-import time
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -170,6 +169,30 @@ def test_another_projects_repository_is_a_non_retryable_conflict(
     assert caught.value.type == ErrorType.REPOSITORY_CONFLICT
     assert caught.value.non_retryable
     assert "belongs to project 'other-app'" in str(caught.value)
+
+
+@pytest.mark.parametrize("managed", [None, "false"], ids=["no-managed-flag", "managed-false"])
+def test_a_repository_marked_with_the_project_but_not_managed_is_never_adopted(
+    activities: GitActivities, live_settings: Settings, managed: str | None
+) -> None:
+    """The project name alone is not ownership: without `managed = true` the repository is someone else's."""
+    live_settings.git_repos_dir.mkdir(parents=True, exist_ok=True)
+    path = init_bare(live_settings.git_repos_dir / "billing-api.git")
+    git("config", "--file", str(path / "config"), "provisioner.project", "billing-api")
+    if managed is not None:
+        git("config", "--file", str(path / "config"), "provisioner.managed", managed)
+
+    for attempt in (
+        lambda: activities.create_repository(make_spec()),
+        lambda: LocalRepositoryProvider(live_settings).find_repository("billing-api"),
+        lambda: LocalRepositoryProvider(live_settings).delete_repository("billing-api"),
+    ):
+        with pytest.raises(ApplicationError) as caught:
+            attempt()
+        assert caught.value.type == ErrorType.REPOSITORY_CONFLICT
+        assert caught.value.non_retryable
+        assert "not managed by provisioner" in str(caught.value)
+    assert (path / "HEAD").is_file()
 
 
 def test_a_non_repository_in_the_way_is_a_conflict(activities: GitActivities, live_settings: Settings) -> None:
@@ -395,6 +418,26 @@ def test_template_errors_are_non_retryable(live_settings: Settings) -> None:
         assert fragment in str(caught.value)
 
 
+@pytest.mark.parametrize("unsafe", [".GIT/hooks/post-update", "docs/.Git/config", "k8s/.git"])
+def test_a_git_directory_in_any_letter_case_is_an_unsafe_path(live_settings: Settings, unsafe: str) -> None:
+    """`.GIT` is `.git` on a case-insensitive file system: a checkout there would write into the repository."""
+
+    def render_into_git_dir(spec: ProjectSpec, templates_dir: Path) -> RenderedTree:
+        tree = fake_render(spec, templates_dir)
+        return replace(tree, files={**tree.files, unsafe: b"#!/bin/sh\n"})
+
+    spec = make_spec()
+    repository = GitActivities(live_settings).create_repository(spec)
+    with pytest.raises(ApplicationError) as caught:
+        GitActivities(live_settings, render=render_into_git_dir).push_template(
+            PushRequest(spec=spec, repository=repository)
+        )
+    assert caught.value.type == ErrorType.TEMPLATE_RENDER_FAILED
+    assert caught.value.non_retryable
+    assert f"unsafe path {unsafe!r}" in str(caught.value)
+    assert git("ls-remote", "--heads", repository.clone_url).stdout == ""  # nothing was pushed
+
+
 def test_the_default_renderer_is_the_real_template_engine(live_settings: Settings, tmp_path: Path) -> None:
     template = live_settings.templates_dir / "tiny"
     (template / "files").mkdir(parents=True)
@@ -424,22 +467,39 @@ def test_the_default_renderer_is_the_real_template_engine(live_settings: Setting
     assert b"greeting: hi" in files["configmap.yaml"]
 
 
-def test_a_thousand_file_tree_pushes_quickly(activities: GitActivities, tmp_path: Path) -> None:
-    spec = make_spec(extra_files=1000)
-    repository = activities.create_repository(spec)
-    request = PushRequest(spec=spec, repository=repository)
+def test_a_thousand_file_tree_pushes_with_the_git_commands_of_a_small_one(
+    activities: GitActivities, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What keeps a large push fast, without a clock: the files are written in-process as one commit, so a push of a
+    thousand files runs the very git commands a push of a few runs (none per file), and an unchanged re-run neither
+    commits nor pushes."""
+    commands: list[str] = []
+    real_git = git_activities._GitRunner.__call__
 
-    started = time.monotonic()
-    first = activities.push_template(request)
-    first_seconds = time.monotonic() - started
-    started = time.monotonic()
-    again = activities.push_template(request)
-    again_seconds = time.monotonic() - started
-    print(
-        f"\npush_template of {len(fake_render(spec, tmp_path).files)} files: {first_seconds:.2f} s; "
-        f"unchanged re-run: {again_seconds:.2f} s"
-    )
+    def counting_git(runner: git_activities._GitRunner, *args: str) -> str:
+        commands.append(args[0])
+        return real_git(runner, *args)
 
-    assert first.pushed and not again.pushed and again.commit_sha == first.commit_sha
-    assert len(cloned_files(repository.clone_url, tmp_path / "clone")) == len(fake_render(spec, tmp_path).files)
-    assert first_seconds < 15
+    monkeypatch.setattr(git_activities._GitRunner, "__call__", counting_git)
+
+    def push_twice(spec: ProjectSpec) -> tuple[RepositoryInfo, list[str], list[str]]:
+        repository = activities.create_repository(spec)
+        request = PushRequest(spec=spec, repository=repository)
+        commands.clear()
+        first = activities.push_template(request)
+        first_commands = list(commands)
+        commands.clear()
+        again = activities.push_template(request)
+        assert first.pushed and not again.pushed and again.commit_sha == first.commit_sha
+        return repository, first_commands, list(commands)
+
+    _, small_push, small_rerun = push_twice(make_spec("small-tree"))
+    large = make_spec("large-tree", extra_files=1000)
+    repository, large_push, large_rerun = push_twice(large)
+
+    assert large_push == small_push == ["clone", "for-each-ref", "commit-tree", "push"]
+    assert large_rerun == small_rerun == ["clone", "for-each-ref", "rev-parse"]
+    rendered = fake_render(large, tmp_path).files
+    assert len(rendered) > 1000
+    assert cloned_files(repository.clone_url, tmp_path / "clone") == rendered
+    assert commit_count(repository.clone_url, tmp_path / "bare") == 1

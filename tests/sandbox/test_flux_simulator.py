@@ -13,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 
 from provisioner.sandbox import FluxSimulatorConfig, SandboxCluster
 from provisioner.sandbox.flux_simulator import go_duration, parse_duration
+from provisioner.sandbox.store import KUSTOMIZATIONS
 from tests.sandbox.conftest import FLUX_KUSTOMIZE, FLUX_SOURCE, GitServer, Kube, wait_for
 
 OVERLAY = "k8s/overlays/development"
@@ -122,7 +123,8 @@ def test_settled_objects_are_not_rewritten(git_server: GitServer) -> None:
 
 def test_missing_path_is_artifact_failed(kube: Kube, git_server: GitServer) -> None:
     git_server.commit("nopath", GOOD_TREE)
-    provision(kube, "nopath", git_server.url("nopath"), path="./k8s/overlays/staging")
+    # retryInterval 100ms: the failed Kustomization is retried ten times a second (Flux: every spec.interval).
+    provision(kube, "nopath", git_server.url("nopath"), path="./k8s/overlays/staging", retryInterval="100ms")
 
     # Until the source is fetched the reason is ArtifactFailed too ("Source artifact not found"): wait for the path.
     ks = wait_ready(kube, FLUX_KUSTOMIZE, "nopath", "nopath", status="False", reason="ArtifactFailed",
@@ -134,7 +136,10 @@ def test_missing_path_is_artifact_failed(kube: Kube, git_server: GitServer) -> N
     reconciling = condition(ks, "Reconciling")
     assert reconciling is not None and reconciling["reason"] == "ProgressingWithRetry"
     rv = ks["metadata"]["resourceVersion"]
-    time.sleep(0.6)  # several retries later: the same failure is not rewritten
+    # Several retries later (each builds the path again and finds it missing), the same failure is not rewritten.
+    retried = kube.cluster.flux.reconciles_of(KUSTOMIZATIONS, "nopath", "nopath") + 3
+    wait_for(lambda: kube.cluster.flux.reconciles_of(KUSTOMIZATIONS, "nopath", "nopath") >= retried,
+             what="three more reconciles of the failed Kustomization")
     assert kube.get(FLUX_KUSTOMIZE, "nopath", "nopath")["metadata"]["resourceVersion"] == rv
 
 
@@ -247,11 +252,23 @@ def test_hold_and_release(kube: Kube, git_server: GitServer) -> None:
     assert reconciling is not None and reconciling["message"] == (
         f"Fetching manifests for revision main@sha1:{sha} with a timeout of 4m30s")
     wait_for(lambda: kube.cluster.flux.held_count == 1, what="the held Kustomization")
-    time.sleep(0.3)
-    assert condition(kube.get(FLUX_KUSTOMIZE, "held", "held"), "Ready")["status"] == "Unknown"  # type: ignore[index]
+
+    # A reconcile request makes the simulator look at it again: it stays held, Progressing, its request unhandled.
+    looked_at = kube.cluster.flux.reconciles_of(KUSTOMIZATIONS, "held", "held") + 1
+    token = "2025-01-02T00:00:00Z"
+    request = {"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": token}}}
+    kube.patch(FLUX_KUSTOMIZE, "held", "held", request)
+    wait_for(lambda: kube.cluster.flux.reconciles_of(KUSTOMIZATIONS, "held", "held") >= looked_at,
+             what="the held Kustomization reconciled again")
+    ks = kube.get(FLUX_KUSTOMIZE, "held", "held")
+    ready = condition(ks, "Ready")
+    assert ready is not None and (ready["status"], ready["reason"]) == ("Unknown", "Progressing")
+    assert "lastAppliedRevision" not in ks["status"] and "lastHandledReconcileAt" not in ks["status"]
+    assert kube.cluster.flux.held_count == 1
 
     kube.cluster.flux.release()
-    wait_ready(kube, FLUX_KUSTOMIZE, "held", "held")
+    ks = wait_ready(kube, FLUX_KUSTOMIZE, "held", "held")
+    assert (ks["status"]["lastAppliedRevision"], ks["status"]["lastHandledReconcileAt"]) == (f"main@sha1:{sha}", token)
     assert kube.cluster.flux.held_count == 0
 
 
