@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
 import pytest
 from temporalio.client import WorkflowExecutionStatus
@@ -11,7 +12,16 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from provisioner.client import InvalidRequest, NoSuchRun, ProjectConflict, ProvisionerClient
-from provisioner.contracts import FailureAction, OperatorDecision, ProjectSpec, ProjectStatus
+from provisioner.contracts import (
+    TERMINAL_STATUSES,
+    FailureAction,
+    OperatorDecision,
+    Progress,
+    ProjectSpec,
+    ProjectStatus,
+    StepName,
+    StepState,
+)
 
 
 def spec(slug: str, **overrides: object) -> ProjectSpec:
@@ -85,25 +95,46 @@ async def test_a_decision_needs_a_run_awaiting_one(client: ProvisionerClient) ->
 
 
 async def test_watching_a_terminated_run_ends(client: ProvisionerClient, local_env: WorkflowEnvironment) -> None:
-    """A run ended from outside never reports a terminal status itself; the watch must notice and stop."""
-    slug = f"cut-{uuid.uuid4().hex[:6]}"
-    # A worker runs the workflow code (so the query answers) but no activity: the run waits on its first step.
+    """A run ended from outside never reports a terminal status itself; the watch must notice and stop.
+
+    The run is cut at its first step (a worker runs the workflow code, so the query answers, but no activity), so the
+    last progress it ever reports is not terminal: the watch can only end by noticing that the run has closed, after
+    the termination, with nothing new to show."""
     from temporalio.worker import Worker
 
     from workflows.project_init import ProjectInitWorkflow
 
+    slug = f"cut-{uuid.uuid4().hex[:6]}"
     async with Worker(local_env.client, task_queue=client.task_queue, workflows=[ProjectInitWorkflow]):
         await client.start(spec(slug))
-        seen = []
+        seen: list[Progress] = []
+        first_seen = asyncio.Event()
+        loop = asyncio.get_running_loop()
 
-        async def watch() -> None:
-            async for progress in client.watch(slug):
-                seen.append(progress.status)
-                if len(seen) == 1:
-                    await client.handle(slug).terminate("operator stopped it")
+        async def watch() -> float:
+            async for progress in client.watch(slug, interval=timedelta(milliseconds=50)):
+                seen.append(progress)
+                first_seen.set()
+            return loop.time()
 
-        await asyncio.wait_for(watch(), timeout=20)
-    assert seen and seen[-1] is not ProjectStatus.READY
+        watching = asyncio.create_task(watch())
+        try:
+            await asyncio.wait_for(first_seen.wait(), timeout=20)
+            assert not watching.done(), "the watch ended before the run did"
+            await client.handle(slug).terminate("operator stopped it")
+            terminated_at = loop.time()
+            ended_at = await asyncio.wait_for(watching, timeout=20)
+        finally:
+            watching.cancel()
+
+    assert ended_at >= terminated_at
+    assert (await client.handle(slug).describe()).status == WorkflowExecutionStatus.TERMINATED
+    # What the run showed when it was cut, once: it never reported a terminal status, nor anything after.
+    [last] = seen
+    assert last.status is ProjectStatus.PROVISIONING and last.status not in TERMINAL_STATUSES
+    states = {step.name: step.state for step in last.steps}
+    assert states[StepName.VALIDATE_TEMPLATE] is StepState.RUNNING
+    assert all(state is StepState.PENDING for name, state in states.items() if name is not StepName.VALIDATE_TEMPLATE)
 
 
 def test_the_progress_view_renders_every_status() -> None:

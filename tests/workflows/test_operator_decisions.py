@@ -8,14 +8,17 @@ moments while the test waits for the result, and in real time while it polls the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import pytest
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from provisioner.contracts import (
+    STEP_TITLES,
     ErrorType,
     FailureAction,
     FailurePolicy,
@@ -32,6 +35,7 @@ from tests.workflows.test_project_init import (
     PROGRESSING,
     READY,
     StubSystems,
+    assert_written_in_order,
     failure_of,
     make_spec,
     run_to_failure,
@@ -46,6 +50,10 @@ ProvisioningHandle = WorkflowHandle[ProjectInitWorkflow, ProvisioningResult]
 REJECTED = ApplicationError(
     "the cluster refused: namespace quota exceeded", type=ErrorType.CLUSTER_REJECTED.value, non_retryable=True
 )
+GIT_HOST_REJECTED = ApplicationError(
+    "the Git host refused: 403 Forbidden", type=ErrorType.GIT_HOST_REJECTED.value, non_retryable=True
+)
+APPLY = StepName.APPLY_FLUX_RESOURCES
 WAIT = FailurePolicy(decision_timeout=timedelta(hours=4))
 
 
@@ -64,26 +72,53 @@ def steps_of(progress: Progress) -> dict[StepName, StepState]:
     return {step.name: step.state for step in progress.steps}
 
 
+@asynccontextmanager
+async def ended_at_the_end(handle: ProvisioningHandle) -> AsyncIterator[ProvisioningHandle]:
+    """Terminate the run if the test leaves it running (e.g. a failed assertion while it awaits a decision): a run
+    left waiting on the shared time-skipping server would fire its timers into the tests after this one."""
+    try:
+        yield handle
+    finally:
+        if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+            await handle.terminate("test over")
+
+
 async def test_the_progress_query_shows_the_failure_and_the_pending_decision(
     time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
 ) -> None:
     systems, task_queue = stubs
     systems.failures["apply_flux_resources"] = [REJECTED]
-    handle = await start(time_skipping_env, task_queue, make_spec(on_failure=WAIT))
+    async with ended_at_the_end(await start(time_skipping_env, task_queue, make_spec(on_failure=WAIT))) as handle:
+        progress = await awaiting_decision(handle)
 
-    progress = await awaiting_decision(handle)
+        assert progress.decision is not None
+        assert progress.decision.step is StepName.APPLY_FLUX_RESOURCES
+        assert progress.decision.error_type == ErrorType.CLUSTER_REJECTED.value
+        assert progress.decision.default_action is FailureAction.ABORT
+        assert "namespace quota exceeded" in progress.message and "awaiting an operator's decision" in progress.message
+        assert steps_of(progress)[StepName.APPLY_FLUX_RESOURCES] is StepState.FAILED
+        # The record says so too: this run claimed it (persist_record, the second step), so it mirrors the wait.
+        assert systems.records[-1].status is ProjectStatus.AWAITING_DECISION
+        description = await handle.describe()
+        assert description.status is not None and description.status.name == "RUNNING"
 
-    assert progress.decision is not None
-    assert progress.decision.step is StepName.APPLY_FLUX_RESOURCES
-    assert progress.decision.error_type == ErrorType.CLUSTER_REJECTED.value
-    assert progress.decision.default_action is FailureAction.ABORT
-    assert "namespace quota exceeded" in progress.message and "awaiting an operator's decision" in progress.message
-    assert steps_of(progress)[StepName.APPLY_FLUX_RESOURCES] is StepState.FAILED
-    # The record says so too: it exists (the repository does), so it mirrors the wait.
-    assert systems.records[-1].status is ProjectStatus.AWAITING_DECISION
-    description = await handle.describe()
-    assert description.status is not None and description.status.name == "RUNNING"
-    await handle.terminate("test over")
+
+async def test_the_record_mirrors_the_wait_when_it_is_all_the_run_has_made(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    """The record is claimed before the repository is created: a failure at create_repository leaves the record as
+    the only thing this run has made, and it must show the wait as much as when more exists."""
+    systems, task_queue = stubs
+    systems.failures["create_repository"] = [GIT_HOST_REJECTED]
+    async with ended_at_the_end(await start(time_skipping_env, task_queue, make_spec(on_failure=WAIT))) as handle:
+        progress = await awaiting_decision(handle)
+
+    assert progress.decision is not None and progress.decision.step is StepName.CREATE_REPOSITORY
+    assert systems.calls == ["validate_template", "upsert_project_record", "create_repository", "upsert_project_record"]
+    claim, mirror = systems.records
+    assert claim.claim and claim.status is ProjectStatus.PROVISIONING
+    assert not mirror.claim and mirror.status is ProjectStatus.AWAITING_DECISION
+    assert mirror.repo_url is None and "create_repository failed" in mirror.last_message
 
 
 async def test_retry_resumes_at_the_failed_step(
@@ -129,7 +164,7 @@ async def test_abort_rolls_back_the_completed_steps_in_reverse_order(
 
     rollback = systems.calls[calls_before:]
     expected = ["delete_flux_resources", "check_flux_deletion", "upsert_project_record"]
-    assert rollback == [*expected, "delete_repository"] if delete_repository else expected
+    assert rollback == ([*expected, "delete_repository"] if delete_repository else expected)
     assert systems.records[-1].status is ProjectStatus.ROLLED_BACK
     assert "wrong path" in systems.records[-1].last_message
     assert failure.type == ErrorType.FLUX_STALLED.value and "aborted" in failure.message
@@ -138,6 +173,42 @@ async def test_abort_rolls_back_the_completed_steps_in_reverse_order(
     assert progress.status is ProjectStatus.FAILED
     assert states[StepName.DELETE_FLUX_RESOURCES] is StepState.SUCCEEDED
     assert states[StepName.AWAIT_DELETION] is StepState.SUCCEEDED
+    assert states[StepName.MARK_FAILED] is StepState.SUCCEEDED
+    assert states[StepName.DELETE_REPOSITORY] is (StepState.SUCCEEDED if delete_repository else StepState.SKIPPED)
+
+
+@pytest.mark.parametrize("delete_repository", [False, True])
+async def test_an_abort_after_the_push_failed_rolls_back_the_record_and_the_repository(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str], delete_repository: bool
+) -> None:
+    """As after any other failure: the record ends rolled back (the slug is free again, not left awaiting a decision)
+    and the repository, which exists, is deleted or kept as the policy says. Nothing was applied, so nothing is
+    deleted from the cluster."""
+    systems, task_queue = stubs
+    systems.failures["push_template"] = [GIT_HOST_REJECTED]
+    policy = FailurePolicy(decision_timeout=timedelta(hours=4), delete_repository_on_abort=delete_repository)
+    handle = await start(time_skipping_env, task_queue, make_spec(on_failure=policy))
+    await awaiting_decision(handle)
+    calls_before = len(systems.calls)
+
+    await handle.execute_update(ProjectInitWorkflow.decide, OperatorDecision(FailureAction.ABORT, "wrong host"))
+    failure = await failure_of(handle)
+
+    rollback = systems.calls[calls_before:]
+    assert rollback == ["upsert_project_record", *(["delete_repository"] if delete_repository else [])]
+    statuses = [record.status for record in systems.records]
+    assert statuses == [ProjectStatus.PROVISIONING, ProjectStatus.AWAITING_DECISION, ProjectStatus.ROLLED_BACK]
+    final = systems.records[-1]
+    assert "push_template failed" in final.last_message and "wrong host" in final.last_message
+    assert ("the repository is deleted" if delete_repository else "the repository is kept") in final.last_message
+    assert final.repo_url is not None and final.commit_sha is None
+    assert failure.type == ErrorType.GIT_HOST_REJECTED.value and "aborted" in failure.message
+    progress = await handle.query(ProjectInitWorkflow.progress)
+    states = steps_of(progress)
+    assert progress.status is ProjectStatus.FAILED
+    assert states[StepName.PUSH_TEMPLATE] is StepState.FAILED
+    assert states[StepName.APPLY_FLUX_RESOURCES] is StepState.PENDING
+    assert StepName.DELETE_FLUX_RESOURCES not in states and StepName.AWAIT_DELETION not in states
     assert states[StepName.MARK_FAILED] is StepState.SUCCEEDED
     assert states[StepName.DELETE_REPOSITORY] is (StepState.SUCCEEDED if delete_repository else StepState.SKIPPED)
 
@@ -174,6 +245,12 @@ async def test_no_decision_within_the_bound_applies_the_default(
     # An abort undoes the creation and frees the slug; leave keeps a failed project.
     assert systems.records[-1].status is (ProjectStatus.ROLLED_BACK if rolled_back else ProjectStatus.FAILED)
     assert "delete_repository" not in systems.calls  # the default policy keeps the repository
+    # The mirror and the final write are the decision bound apart in workflow time, and their written_at says so.
+    awaiting, final = systems.records[-2:]
+    assert awaiting.status is ProjectStatus.AWAITING_DECISION
+    assert_written_in_order(systems.records)
+    assert awaiting.written_at is not None and final.written_at is not None
+    assert final.written_at - awaiting.written_at >= policy.decision_timeout
 
 
 async def test_a_zero_bound_applies_the_default_at_once(
@@ -232,6 +309,52 @@ async def test_a_retried_ready_wait_applies_again_with_a_new_token(
     assert [check.requested_at for check in systems.readiness_requests] == [first.requested_at, second.requested_at]
     for done in ("validate_template", "create_repository", "push_template"):
         assert systems.calls.count(done) == 1
+
+
+async def test_a_retried_ready_wait_shows_the_apply_running_again(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    """After the operator's retry of the Ready wait, the apply runs again before any check, with a new token, and
+    the progress shows it running anew: not the first apply's finish, and the Ready wait pending behind it."""
+    systems, task_queue = stubs
+    stalled = ReadinessReport(ReadinessState.FAILED, "BuildFailed", "kustomize build failed")
+    systems.readiness = lambda poll: stalled if poll == 1 else READY
+    released = asyncio.Event()
+
+    async def hold_the_second_apply(call: int) -> None:
+        if call == 2:
+            await released.wait()
+
+    systems.holds["apply_flux_resources"] = hold_the_second_apply
+    async with ended_at_the_end(await start(time_skipping_env, task_queue, make_spec(on_failure=WAIT))) as handle:
+        await awaiting_decision(handle)
+        await handle.execute_update(
+            ProjectInitWorkflow.decide, OperatorDecision(FailureAction.RETRY, "fixed the overlay")
+        )
+
+        async def applying_again() -> Progress:
+            while True:
+                progress = await handle.query(ProjectInitWorkflow.progress)
+                if systems.calls.count("apply_flux_resources") == 2 and progress.message == STEP_TITLES[APPLY]:
+                    return progress
+                await asyncio.sleep(0.05)
+
+        try:
+            progress = await asyncio.wait_for(applying_again(), timeout=30)
+            checks_before_the_new_apply = systems.readiness_polls
+        finally:
+            released.set()
+        apply = next(step for step in progress.steps if step.name is APPLY)
+        assert progress.status is ProjectStatus.PROVISIONING
+        assert apply.state is StepState.RUNNING and apply.attempt == 1 and apply.finished_at is None
+        assert steps_of(progress)[StepName.AWAIT_READY] is StepState.PENDING
+        assert checks_before_the_new_apply == 1  # the stalled one: no check before the new apply
+        first, second = systems.apply_requests
+        assert second.requested_at != first.requested_at
+
+        result = await handle.result()
+    assert result.status is ProjectStatus.READY
+    assert systems.readiness_requests[-1].requested_at == second.requested_at
 
 
 async def test_the_token_stays_the_same_across_the_retries_of_one_apply(

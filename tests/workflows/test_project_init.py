@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -62,39 +62,44 @@ class StubSystems:
     readiness_polls: int = 0
     readiness_requests: list[ReadinessRequest] = field(default_factory=list)
     apply_requests: list[FluxApplyRequest] = field(default_factory=list)
+    # Awaited by the named activity on its n-th call (1-based), before it does anything: holds it in flight.
+    holds: dict[str, Callable[[int], Awaitable[None]]] = field(default_factory=dict)
 
-    def _enter(self, name: str) -> None:
+    async def _enter(self, name: str) -> None:
         self.calls.append(name)
+        hold = self.holds.get(name)
+        if hold is not None:
+            await hold(self.calls.count(name))
         queued = self.failures.get(name)
         if queued:
             raise queued.pop(0)
 
     @activity.defn(name="validate_template")
     async def validate_template(self, spec: ProjectSpec) -> RenderSummary:
-        self._enter("validate_template")
+        await self._enter("validate_template")
         return RenderSummary(
             spec.template, 7, "digest", f"k8s/overlays/{spec.environment}", {**spec.parameters, "replicas": 1}
         )
 
     @activity.defn(name="create_repository")
     async def create_repository(self, spec: ProjectSpec) -> RepositoryInfo:
-        self._enter("create_repository")
+        await self._enter("create_repository")
         return RepositoryInfo(spec.slug, f"http://git.test/{spec.slug}.git", "main", True)
 
     @activity.defn(name="push_template")
     async def push_template(self, request: PushRequest) -> PushResult:
-        self._enter("push_template")
+        await self._enter("push_template")
         return PushResult(COMMIT, "main", True)
 
     @activity.defn(name="upsert_project_record")
     async def upsert_project_record(self, update: ProjectRecordUpdate) -> None:
-        self._enter("upsert_project_record")
+        await self._enter("upsert_project_record")
         self.records.append(update)
 
     @activity.defn(name="apply_flux_resources")
     async def apply_flux_resources(self, request: FluxApplyRequest) -> FluxApplyResult:
         self.apply_requests.append(request)  # every attempt, failed ones too
-        self._enter("apply_flux_resources")
+        await self._enter("apply_flux_resources")
         ns = request.spec.namespace
         return FluxApplyResult(
             ns,
@@ -107,7 +112,7 @@ class StubSystems:
 
     @activity.defn(name="check_flux_readiness")
     async def check_flux_readiness(self, request: ReadinessRequest) -> ReadinessReport:
-        self._enter("check_flux_readiness")
+        await self._enter("check_flux_readiness")
         self.readiness_polls += 1
         self.readiness_requests.append(request)
         report = self.readiness(self.readiness_polls)
@@ -118,17 +123,17 @@ class StubSystems:
     # What the rollback of an aborted run calls
     @activity.defn(name="delete_flux_resources")
     async def delete_flux_resources(self, request: FluxDeletionRequest) -> FluxDeletionResult:
-        self._enter("delete_flux_resources")
+        await self._enter("delete_flux_resources")
         return FluxDeletionResult(requested=[f"Namespace/{request.namespace}"], absent=[])
 
     @activity.defn(name="check_flux_deletion")
     async def check_flux_deletion(self, request: FluxDeletionRequest) -> DeletionReport:
-        self._enter("check_flux_deletion")
+        await self._enter("check_flux_deletion")
         return DeletionReport()
 
     @activity.defn(name="delete_repository")
     async def delete_repository(self, request: RepositoryDeletionRequest) -> RepositoryDeletionResult:
-        self._enter("delete_repository")
+        await self._enter("delete_repository")
         return RepositoryDeletionResult(request.slug, True)
 
     def all(self) -> list[Callable[..., Any]]:
@@ -345,6 +350,36 @@ async def test_ready_timeout_ends_as_not_ready_with_the_flux_reason(
     assert "kustomization path not found" in systems.records[-1].last_message
     # Polled with backoff across the whole bound, not once and not in a tight loop.
     assert 5 <= systems.readiness_polls <= 40
+
+
+def assert_written_in_order(records: list[ProjectRecordUpdate]) -> None:
+    """Every write carries the workflow time it was decided at (the records' freshness guard compares them): set,
+    and never older than the write before it."""
+    stamps = [record.written_at for record in records if record.written_at is not None]
+    assert len(stamps) == len(records), [record.written_at for record in records]
+    assert all(stamp.utcoffset() == timedelta(0) for stamp in stamps), stamps
+    assert stamps == sorted(stamps), stamps
+
+
+async def test_every_record_write_carries_the_workflow_time_it_was_decided_at(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    """The claim and the final write are a two-minute Ready bound apart in workflow time (skipped here, so about a
+    second apart on the wall clock): written_at must say so, or a stale retry of the claim could overwrite the final
+    status."""
+    systems, task_queue = stubs
+    systems.readiness = lambda poll: PROGRESSING
+    ready_timeout = timedelta(minutes=2)
+    before = await time_skipping_env.get_current_time()
+    result = await (await start(time_skipping_env, task_queue, make_spec(ready_timeout=ready_timeout))).result()
+    after = await time_skipping_env.get_current_time()
+
+    assert result.status is ProjectStatus.NOT_READY
+    claim, final = systems.records
+    assert_written_in_order(systems.records)
+    assert claim.written_at is not None and final.written_at is not None
+    assert final.written_at - claim.written_at >= ready_timeout
+    assert before - timedelta(seconds=1) <= claim.written_at and final.written_at <= after + timedelta(seconds=1)
 
 
 @pytest.mark.parametrize(
