@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo up test test-chaos bench lint typecheck clean
+.PHONY: demo up test test-chaos test-mutation bench lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,13 @@ test: lint typecheck
 test-chaos: $(STAMP)
 	$(BIN)/pytest -m chaos
 
+# Mutation testing of the promise-carrying code (tests/mutation; about 20 minutes on 2 cores, not run by CI).
+test-mutation: $(STAMP)
+	bash scripts/install-system-deps.sh
+	$(BIN)/python -m tests.mutation
+
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache mutants

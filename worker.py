@@ -48,9 +48,10 @@ WORKFLOWS: Sequence[type] = [
 # every recorded history run these workflows in DETERMINISM_GUARD_RUNNER, which fails on a clock, random, I/O or
 # other restricted call.
 WORKFLOW_RUNNER = UnsandboxedWorkflowRunner()
-# The workflows' helper modules hold only functions and constants: one copy serves all runs.
+# The workflows' helper modules hold only functions and constants: one copy serves all runs. `mutmut` (make
+# test-mutation) puts its trampoline into the workflow modules; it must be the one copy that selects the mutant.
 DETERMINISM_GUARD_RUNNER = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows.steps", "workflows.cleanup")
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows.steps", "workflows.cleanup", "mutmut")
 )
 
 
