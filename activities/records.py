@@ -5,6 +5,7 @@ provisioner/db/projects.py."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +42,11 @@ _OPTIONAL_FIELDS = tuple(
     f.name for f in fields(ProjectRecordUpdate) if f.name not in ("slug", "status", "written_at", "parameters", "claim")
 )
 _SUMMARY_COLUMNS = (Project.slug, Project.status, Project.updated_at, Project.ready_at)
+# The dialects whose INSERT has an upsert (ON CONFLICT ... DO UPDATE) with the same API.
+_DIALECT_INSERTS: dict[str, Callable[[Any], postgresql.Insert | sqlite.Insert]] = {
+    "postgresql": postgresql.insert,
+    "sqlite": sqlite.insert,
+}
 
 
 @dataclass(frozen=True)
@@ -194,9 +200,9 @@ def _provided(update: ProjectRecordUpdate) -> dict[str, Any]:
 
 
 def _revision_kept_for(commit_sha: Any) -> ColumnElement[Any]:
-    """A write of a commit without a revision keeps the stored revision only if it is of that same commit: the
-    record never pairs one commit with another commit's readiness."""
-    return case((Project.commit_sha == commit_sha, Project.applied_revision), else_=None)
+    """A write of a commit without a revision keeps the stored revision only if it is of that same commit, else
+    clears it (a CASE without ELSE is NULL): the record never pairs one commit with another commit's readiness."""
+    return case((Project.commit_sha == commit_sha, Project.applied_revision))
 
 
 def _not_newer_than(written_at: datetime | None) -> ColumnElement[bool]:
@@ -250,21 +256,15 @@ def _upsert_statement(dialect: str, update: ProjectRecordUpdate, status: Project
         "ready_at": now if status is ProjectStatus.READY else None,
         "status_written_at": update.written_at,
     }
-    if dialect == "postgresql":
-        pg_statement = postgresql.insert(Project).values(values)
-        return pg_statement.on_conflict_do_update(
-            index_elements=[Project.slug],
-            set_=_conflict_changes(pg_statement.excluded, provided),
-            where=_fresher(pg_statement.excluded),
-        ).returning(*_SUMMARY_COLUMNS)
-    if dialect == "sqlite":
-        sqlite_statement = sqlite.insert(Project).values(values)
-        return sqlite_statement.on_conflict_do_update(
-            index_elements=[Project.slug],
-            set_=_conflict_changes(sqlite_statement.excluded, provided),
-            where=_fresher(sqlite_statement.excluded),
-        ).returning(*_SUMMARY_COLUMNS)
-    raise ValueError(f"unsupported database dialect {dialect!r}")
+    insert = _DIALECT_INSERTS.get(dialect)
+    if insert is None:
+        raise ValueError(f"unsupported database dialect {dialect!r}")
+    statement = insert(Project).values(values)
+    return statement.on_conflict_do_update(
+        index_elements=[Project.slug],
+        set_=_conflict_changes(statement.excluded, provided),
+        where=_fresher(statement.excluded),
+    ).returning(*_SUMMARY_COLUMNS)
 
 
 def _conflict_changes(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
+from sqlalchemy import create_mock_engine, text
 from sqlalchemy.exc import OperationalError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
@@ -210,6 +212,32 @@ def test_a_record_that_can_never_be_stored_is_a_permanent_failure(
         assert connection.execute(text("SELECT count(*) FROM projects")).scalar_one() == 0
 
 
+@pytest.mark.parametrize("path", ["update", "upsert"])
+def test_a_value_the_database_rejects_is_a_permanent_failure_naming_the_project_and_the_reason(
+    postgres_url: str, path: str
+) -> None:
+    engine = engine_for(postgres_url)
+    upsert_project(engine, persist_update(), now=T0)
+    rejected = finalize_update(ProjectStatus.FAILED, "a NUL \x00 byte")
+
+    with pytest.raises(ApplicationError) as caught:
+        (update_project if path == "update" else upsert_project)(engine, rejected, now=T0 + timedelta(1))
+
+    assert caught.value.message == (
+        "the record of project 'billing-api' cannot be stored: PostgreSQL text fields cannot contain NUL (0x00) bytes"
+    )
+    assert caught.value.type == ErrorType.INVALID_RECORD.value and caught.value.non_retryable
+    project = get_project(postgres_url, "billing-api")
+    assert project is not None and (project.status, project.updated_at) == (ProjectStatus.PROVISIONING, T0)
+
+
+def test_a_database_of_another_dialect_is_refused_before_any_write() -> None:
+    engine = create_mock_engine("mysql://", lambda *_args, **_kwargs: None)
+
+    with pytest.raises(ValueError, match=r"^unsupported database dialect 'mysql'$"):
+        upsert_project(engine, persist_update())  # type: ignore[arg-type]
+
+
 def test_a_database_constraint_violation_is_a_permanent_failure(fresh_postgres_url: str) -> None:
     migrate(fresh_postgres_url)
     with engine_for(fresh_postgres_url).begin() as connection:
@@ -392,6 +420,81 @@ def test_a_stale_update_of_an_existing_record_is_skipped(postgres_url: str) -> N
     assert project is not None and project.status is ProjectStatus.DELETED
 
 
+def test_an_update_sets_ready_at_once_when_the_project_first_becomes_ready(postgres_url: str) -> None:
+    engine = engine_for(postgres_url)
+    upsert_project(engine, persist_update(), now=T0)
+
+    not_ready = update_project(engine, finalize_update(ProjectStatus.NOT_READY, "not yet"), now=T0 + timedelta(1))
+    first = update_project(engine, finalize_update(ProjectStatus.READY, "Ready"), now=T0 + timedelta(2))
+    failed = update_project(engine, finalize_update(ProjectStatus.FAILED, "broken"), now=T0 + timedelta(3))
+    again = update_project(engine, finalize_update(ProjectStatus.READY, "Ready again"), now=T0 + timedelta(4))
+
+    assert not_ready is not None and not_ready.ready_at is None
+    assert first is not None and first.ready_at == T0 + timedelta(2)
+    assert failed is not None and failed.ready_at == T0 + timedelta(2)
+    assert again is not None and (again.ready_at, again.updated_at) == (T0 + timedelta(2), T0 + timedelta(4))
+
+
+def test_an_update_changes_only_the_record_of_its_slug(postgres_url: str) -> None:
+    engine = engine_for(postgres_url)
+    upsert_project(engine, replace(persist_update("alpha"), written_at=T0), now=T0)
+    upsert_project(engine, replace(persist_update("bravo"), written_at=T0), now=T0)
+
+    update_project(
+        engine,
+        replace(finalize_update(ProjectStatus.FAILED, "broken", slug="alpha"), written_at=T0 + timedelta(1)),
+        now=T0 + timedelta(1),
+    )
+
+    untouched = get_project(postgres_url, "bravo")
+    assert untouched is not None
+    assert (untouched.status, untouched.last_message, untouched.updated_at) == (
+        ProjectStatus.PROVISIONING,
+        "Repository pushed",
+        T0,
+    )
+
+
+def test_an_update_decided_at_the_same_time_as_the_stored_write_applies(postgres_url: str) -> None:
+    """A retry of the write that landed carries its time: it must apply, not be taken for a stale one."""
+    engine = engine_for(postgres_url)
+    upsert_project(engine, replace(persist_update(), written_at=T0), now=T0)
+
+    retried = update_project(
+        engine, replace(finalize_update(ProjectStatus.DELETING, "Deleting"), written_at=T0), now=T0 + timedelta(1)
+    )
+
+    assert retried is not None and (retried.applied, retried.status) == (True, ProjectStatus.DELETING)
+    project = get_project(postgres_url, "billing-api")
+    assert project is not None and (project.status, project.last_message) == (ProjectStatus.DELETING, "Deleting")
+
+
+@pytest.fixture
+def local_time_far_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The worker's local time zone is UTC+5 (a POSIX TZ: no tz database needed); the database's stays UTC."""
+    monkeypatch.setenv("TZ", "XYZ-5")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize("path", ["update", "upsert"])
+@pytest.mark.usefixtures("local_time_far_from_utc")
+def test_a_write_without_a_given_time_is_stamped_with_the_current_utc_time(postgres_url: str, path: str) -> None:
+    engine = engine_for(postgres_url)
+    upsert_project(engine, persist_update(), now=T0)
+    before = datetime.now(UTC)
+
+    summary = (update_project if path == "update" else upsert_project)(
+        engine, finalize_update(ProjectStatus.READY, "Ready")
+    )
+
+    assert summary is not None
+    assert before <= summary.updated_at <= datetime.now(UTC)
+    assert summary.ready_at == summary.updated_at
+
+
 def store_a_record_as_written_before_migration_0002(database_url: str) -> None:
     """A database at revision 0001 with the row its code wrote, then upgraded to head: `status_written_at` NULL."""
     engine = engine_for(database_url)
@@ -462,8 +565,11 @@ def test_a_claim_of_a_live_project_with_another_identity_is_refused_naming_the_f
         upsert_project(engine, other, now=T0 + timedelta(1))
 
     assert refused.value.type == ErrorType.PROJECT_CONFLICT.value and refused.value.non_retryable
-    assert "environment" in refused.value.message and "parameters.replicas" in refused.value.message
-    assert "parameters.owner" not in refused.value.message and "display_name" not in refused.value.message
+    assert refused.value.message == (
+        "project 'billing-api' already exists (provisioning) with another environment, parameters.replicas: "
+        "change it with an update, or delete it first"
+    )
+    assert refused.value.details == ({"fields": ["environment", "parameters.replicas"]},)
     project = get_project(postgres_url, "billing-api")
     assert project is not None  # untouched
     assert (project.environment, project.parameters, project.updated_at) == (
@@ -542,13 +648,22 @@ def test_a_new_commit_clears_the_revision_of_the_old_one(postgres_url: str) -> N
     )
     project = get_project(postgres_url, "billing-api")
     assert project is not None and (project.commit_sha, project.applied_revision) == (new, None)
+    # A revision the write brings is stored as it is, whatever the stored commit was ...
     update_project(
         engine,
         ProjectRecordUpdate("billing-api", ProjectStatus.READY, commit_sha=old, applied_revision=f"main@sha1:{old}"),
         now=T0 + timedelta(4),
     )
+    project = get_project(postgres_url, "billing-api")
+    assert project is not None and (project.commit_sha, project.applied_revision) == (old, f"main@sha1:{old}")
+    # ... the same commit without one keeps it, and a new commit without one clears it.
     update_project(
-        engine, ProjectRecordUpdate("billing-api", ProjectStatus.FAILED, commit_sha=new), now=T0 + timedelta(5)
+        engine, ProjectRecordUpdate("billing-api", ProjectStatus.UPDATING, commit_sha=old), now=T0 + timedelta(5)
+    )
+    project = get_project(postgres_url, "billing-api")
+    assert project is not None and (project.commit_sha, project.applied_revision) == (old, f"main@sha1:{old}")
+    update_project(
+        engine, ProjectRecordUpdate("billing-api", ProjectStatus.FAILED, commit_sha=new), now=T0 + timedelta(6)
     )
     project = get_project(postgres_url, "billing-api")
     assert project is not None and (project.commit_sha, project.applied_revision) == (new, None)
