@@ -26,7 +26,7 @@ from activities.records import (
     update_project,
     upsert_project,
 )
-from provisioner.contracts import ErrorType, ProjectIdentity, ProjectRecordUpdate, ProjectStatus
+from provisioner.contracts import ErrorType, Parameters, ProjectIdentity, ProjectRecordUpdate, ProjectStatus
 from provisioner.db import engine_for, migrate
 from provisioner.db.engine import ALEMBIC_INI
 from provisioner.db.projects import get_project, list_projects
@@ -191,25 +191,94 @@ def test_concurrent_upserts_of_one_slug_end_in_one_row(postgres_url: str) -> Non
 # ---- Errors ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("path", ["update", "upsert"])
 @pytest.mark.parametrize(
-    "update",
+    ("update", "message"),
     [
-        ProjectRecordUpdate(slug="Not A Slug", status=ProjectStatus.PENDING),
-        ProjectRecordUpdate(slug="billing-api", status="exploded"),  # type: ignore[arg-type]
-        replace(persist_update(), commit_sha="c" * 65),
+        (
+            ProjectRecordUpdate(slug="Not A Slug", status=ProjectStatus.PENDING),
+            "the record of project 'Not A Slug' cannot be stored: the slug is not a valid project slug",
+        ),
+        (
+            ProjectRecordUpdate(slug="ab", status=ProjectStatus.PENDING),
+            "the record of project 'ab' cannot be stored: the slug is not a valid project slug",
+        ),
+        (  # the slug named in the message is cut to the longest valid length
+            ProjectRecordUpdate(slug="a" * 41 + "-tail", status=ProjectStatus.PENDING),
+            f"the record of project '{'a' * 40}' cannot be stored: the slug is not a valid project slug",
+        ),
+        (
+            ProjectRecordUpdate(slug="billing-api", status="exploded"),  # type: ignore[arg-type]
+            "the record of project 'billing-api' cannot be stored: unknown status 'exploded'",
+        ),
+        (  # an unknown status is quoted cut to 40 characters
+            ProjectRecordUpdate(slug="billing-api", status="s" * 40 + "-tail"),  # type: ignore[arg-type]
+            f"the record of project 'billing-api' cannot be stored: unknown status '{'s' * 40}'",
+        ),
+        (
+            replace(persist_update(), display_name=5),  # type: ignore[arg-type]
+            "the record of project 'billing-api' cannot be stored: display_name must be a string",
+        ),
+        (
+            replace(persist_update(), commit_sha="c" * 65),
+            "the record of project 'billing-api' cannot be stored: commit_sha is longer than 64 characters",
+        ),
+        (
+            replace(persist_update(), display_name="d" * 201),
+            "the record of project 'billing-api' cannot be stored: display_name is longer than 200 characters",
+        ),
     ],
-    ids=["invalid-slug", "unknown-status", "too-long-commit"],
+    ids=[
+        "invalid-slug",
+        "too-short-slug",
+        "too-long-slug",
+        "unknown-status",
+        "long-unknown-status",
+        "non-string-field",
+        "too-long-commit",
+        "too-long-display-name",
+    ],
 )
 def test_a_record_that_can_never_be_stored_is_a_permanent_failure(
-    postgres_url: str, update: ProjectRecordUpdate
+    postgres_url: str, update: ProjectRecordUpdate, message: str, path: str
 ) -> None:
     with pytest.raises(ApplicationError) as caught:
-        upsert_project(engine_for(postgres_url), update)
+        (update_project if path == "update" else upsert_project)(engine_for(postgres_url), update)
 
+    assert caught.value.message == message
     assert caught.value.type == ErrorType.INVALID_RECORD.value
     assert caught.value.non_retryable
     with engine_for(postgres_url).connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM projects")).scalar_one() == 0
+
+
+def test_values_at_their_length_limits_are_stored(postgres_url: str) -> None:
+    engine = engine_for(postgres_url)
+    shortest, longest = "abc", "a" * 40
+    at_limits = replace(persist_update(longest), display_name="d" * 200, commit_sha="c" * 64)
+
+    upsert_project(engine, persist_update(shortest), now=T0)
+    upsert_project(engine, at_limits, now=T0)
+
+    assert {p.slug for p in list_projects(postgres_url)} == {shortest, longest}
+    project = get_project(postgres_url, longest)
+    assert project is not None and (project.display_name, project.commit_sha) == ("d" * 200, "c" * 64)
+
+
+@pytest.mark.parametrize("path", ["update", "upsert"])
+def test_the_parameters_are_stored_as_canonical_json(postgres_url: str, path: str) -> None:
+    """Sorted keys, no spaces: equal parameters are equal text."""
+    engine = engine_for(postgres_url)
+    upsert_project(engine, replace(persist_update(), parameters=None), now=T0)
+    parameters: Parameters = {"replicas": 2, "owner": "payments", "debug": True, "ratio": 0.5}
+
+    (update_project if path == "update" else upsert_project)(
+        engine, replace(finalize_update(ProjectStatus.READY, "Ready"), parameters=parameters), now=T0 + timedelta(1)
+    )
+
+    with engine.connect() as connection:
+        stored = connection.execute(text("SELECT parameters FROM projects")).scalar_one()
+    assert stored == '{"debug":true,"owner":"payments","ratio":0.5,"replicas":2}'
 
 
 @pytest.mark.parametrize("path", ["update", "upsert"])
