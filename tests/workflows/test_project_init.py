@@ -161,6 +161,9 @@ async def stubs(time_skipping_env: WorkflowEnvironment) -> AsyncIterator[tuple[S
         workflows=[ProjectInitWorkflow],
         activities=systems.all(),
         workflow_runner=DETERMINISM_GUARD_RUNNER,
+        # A bug in the workflow code fails the run at once (the worker would retry its task for ever), so a test
+        # reports it instead of waiting for a state that never comes (and a mutant is killed, not timed out).
+        workflow_failure_exception_types=[Exception],
     ):
         yield systems, task_queue
 
