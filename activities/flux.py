@@ -209,7 +209,7 @@ def judge_object(kind: str, obj: Mapping[str, Any], request: ReadinessRequest) -
     Generic rules first, in kstatus's order, then the revision-exact ones. `message` is Flux's own when Flux's
     condition explains the state; the report prefixes it with `Kind/name`."""
     metadata = obj.get("metadata") or {}
-    name = str(metadata.get("name") or request.name)
+    name = request.name  # the object was read by this name (check_flux_readiness)
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     conditions = _conditions(status)
@@ -227,9 +227,8 @@ def judge_object(kind: str, obj: Mapping[str, Any], request: ReadinessRequest) -
     # Reconcile (source-controller gitrepository_controller.go, kustomize-controller kustomization_controller.go)
     # return before reconciling, leaving Ready as it was, possibly True at an old revision for ever.
     if spec.get("suspend") is True:
-        controller = SUSPENDED_CONTROLLERS.get(kind, "Flux reconciles")
-        namespace = metadata.get("namespace") or request.namespace
-        resume = f"{RESUME_COMMANDS.get(kind, 'flux resume')} {name} -n {namespace}"
+        controller = SUSPENDED_CONTROLLERS[kind]
+        resume = f"{RESUME_COMMANDS[kind]} {name} -n {request.namespace}"
         message = f"suspended (spec.suspend: true): {controller} nothing until it is resumed: {resume}"
         return result(ReadinessState.FAILED, "Suspended", message)
     observed = status.get("observedGeneration")
@@ -325,7 +324,8 @@ def _explanation(conditions: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]
         chosen = ready
     else:
         return None
-    return str(chosen.get("reason") or chosen.get("type") or "Unknown"), str(chosen.get("message", ""))
+    # `chosen` is keyed by its type in `conditions`, so the type is always there to fall back on.
+    return str(chosen.get("reason") or chosen["type"]), str(chosen.get("message", ""))
 
 
 def _revision_gap(kind: str, status: Mapping[str, Any], expected: str) -> tuple[str, str] | None:

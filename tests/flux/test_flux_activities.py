@@ -13,6 +13,7 @@ from kubernetes import client as kube
 from activities.flux import FluxActivities
 from provisioner.contracts import (
     FluxApplyRequest,
+    ObjectReadiness,
     ProjectSpec,
     ReadinessReport,
     ReadinessRequest,
@@ -92,9 +93,27 @@ def test_a_new_commit_requests_a_reconcile_without_a_new_generation(flux: FluxAc
 
 def test_readiness_of_missing_objects_is_in_progress(flux: FluxActivities) -> None:
     report = flux.check_flux_readiness(readiness_for("nowhere"))
-    assert report.state is ReadinessState.IN_PROGRESS
-    assert report.reason == "NotFound"
+    assert (report.state, report.reason, report.message) == (
+        ReadinessState.IN_PROGRESS,
+        "NotFound",
+        "GitRepository/nowhere: GitRepository not found",
+    )
     assert (report.revision, report.expected_revision) == ("", f"main@sha1:{'a' * 40}")
+    assert report.objects == [
+        ObjectReadiness("GitRepository", "nowhere", ReadinessState.IN_PROGRESS, "NotFound", "GitRepository not found"),
+        ObjectReadiness("Kustomization", "nowhere", ReadinessState.IN_PROGRESS, "NotFound", "Kustomization not found"),
+    ]
+
+
+def test_readiness_that_cannot_read_an_object_says_which(flux: FluxActivities, cluster: SandboxCluster) -> None:
+    # Every request answers 500 (after the client's own retries): a retryable error naming the object and the answer.
+    cluster.faults.configure(error_rate=1.0)
+    with pytest.raises(RuntimeError) as raised:
+        flux.check_flux_readiness(readiness_for("shop"))
+    assert str(raised.value) == (
+        "could not read GitRepository shop/shop: 500 InternalError: "
+        "Internal error occurred: injected fault (sandbox fault injection)"
+    )
 
 
 def test_readiness_before_any_reconcile_is_pending(flux: FluxActivities) -> None:

@@ -218,6 +218,14 @@ def test_source_at_the_new_revision_but_reconciling_again_is_in_progress() -> No
     judged = judge_object("GitRepository", git_repository(conditions), REQUEST)
     assert judged.state is ReadinessState.IN_PROGRESS
     assert (judged.reason, judged.message) == ("Progressing", "reconciliation in progress")
+    # After a failed attempt source-controller retries with its own reason, which is passed on.
+    retrying = [*stored(NEW), condition("Reconciling", "True", "ProgressingWithRetry", "retrying the fetch")]
+    judged = judge_object("GitRepository", git_repository(retrying), REQUEST)
+    assert (judged.state, judged.reason, judged.message) == (
+        ReadinessState.IN_PROGRESS,
+        "ProgressingWithRetry",
+        "retrying the fetch",
+    )
 
 
 def test_source_failing_to_fetch_after_an_earlier_success_reports_flux_reason() -> None:
@@ -305,6 +313,19 @@ def test_suspended_kustomization_fails_at_once_with_how_to_resume() -> None:
         "resumed: flux resume kustomization shop -n shop"
     )
     assert (report.revision, report.expected_revision) == (OLD, NEW)
+
+
+def test_how_to_resume_names_the_requested_namespace() -> None:
+    request = ReadinessRequest(namespace="team-shop", name="shop", revision=NEW, requested_at=NEW_TOKEN)
+    source = git_repository(stored(NEW), suspend=True)
+    source["metadata"]["namespace"] = "team-shop"
+    judged = judge_object("GitRepository", source, request)
+    assert (judged.state, judged.reason, judged.message) == (
+        ReadinessState.FAILED,
+        "Suspended",
+        "suspended (spec.suspend: true): source-controller fetches nothing until it is resumed: "
+        "flux resume source git shop -n team-shop",
+    )
 
 
 # ---- Terminating, Stalled -------------------------------------------------------------------------------------
@@ -527,3 +548,136 @@ def test_summary_is_never_ready_for_another_revision() -> None:
     report = summarize([kustomize], OLD, NEW)
     assert report.state is ReadinessState.IN_PROGRESS
     assert report.reason == "RevisionNotApplied"
+
+
+def test_summary_without_a_kustomization_is_never_ready() -> None:
+    source = ObjectReadiness("GitRepository", "shop", ReadinessState.READY, "Succeeded", "stored")
+    report = summarize([source], NEW, NEW)
+    assert (report.state, report.reason, report.message) == (
+        ReadinessState.IN_PROGRESS,
+        "NotFound",
+        "no Kustomization was judged",
+    )
+    assert (report.objects, report.revision, report.expected_revision) == ([source], NEW, NEW)
+
+
+def test_summary_for_another_revision_names_what_was_applied() -> None:
+    kustomize = ObjectReadiness("Kustomization", "shop", ReadinessState.READY, "ReconciliationSucceeded", "ok")
+    report = summarize([kustomize], OLD, NEW)
+    assert (report.state, report.reason, report.message) == (
+        ReadinessState.IN_PROGRESS,
+        "RevisionNotApplied",
+        f"Kustomization/shop: applied {OLD}; waiting for {NEW}",
+    )
+    nothing = summarize([kustomize], "", NEW)
+    assert (nothing.state, nothing.reason, nothing.message) == (
+        ReadinessState.IN_PROGRESS,
+        "RevisionNotApplied",
+        f"Kustomization/shop: applied nothing yet; waiting for {NEW}",
+    )
+    assert (nothing.revision, nothing.expected_revision) == ("", NEW)
+
+
+# ---- What the judgement says about statuses Flux would not write ----------------------------------------------
+#
+# A condition written by something else than a Flux controller may lack a reason or a message: the judgement still
+# names a reason (a fixed one per rule) and never invents a message.
+
+
+def bare(cond: dict[str, Any]) -> dict[str, Any]:
+    """`cond` without its reason and message."""
+    return {key: value for key, value in cond.items() if key not in ("reason", "message")}
+
+
+def test_source_without_an_artifact_says_none_is_stored() -> None:
+    judged = judge_object("GitRepository", git_repository(stored(NEW), revision=None), REQUEST)
+    assert (judged.state, judged.reason, judged.message) == (
+        ReadinessState.IN_PROGRESS,
+        "ArtifactOutdated",
+        f"no artifact stored yet; waiting for {NEW}",
+    )
+
+
+def test_kustomization_that_never_handled_a_reconcile_request_says_so() -> None:
+    judged = judge_object("Kustomization", kustomization(applied(NEW), handled=None), REQUEST)
+    assert (judged.state, judged.reason, judged.message) == (
+        ReadinessState.IN_PROGRESS,
+        "ReconcileRequestNotHandled",
+        f"has not yet handled the reconcile request {NEW_TOKEN!r} (none handled yet)",
+    )
+
+
+def test_no_ready_condition_lists_every_condition_present() -> None:
+    conditions = [stored(NEW)[1], condition("FetchFailed", "False", "Succeeded", "fetched")]
+    judged = judge_object("GitRepository", git_repository(conditions), REQUEST)
+    assert (judged.state, judged.reason, judged.message) == (
+        ReadinessState.IN_PROGRESS,
+        "NoReadyCondition",
+        "no Ready condition yet (ArtifactInStorage=True, FetchFailed=False)",
+    )
+
+
+def test_not_yet_observed_with_only_a_ready_condition_reports_it() -> None:
+    # Ready=Unknown before status.observedGeneration is written, without Reconciling=True: Ready says why.
+    conditions = [condition("Ready", "Unknown", "Progressing", "Reconciliation in progress")]
+    judged = judge_object("Kustomization", kustomization(conditions, revision=None, observed=None), REQUEST)
+    assert (judged.state, judged.reason, judged.message) == (
+        ReadinessState.IN_PROGRESS,
+        "Progressing",
+        "Reconciliation in progress",
+    )
+    bare_ready = judge_object("Kustomization", kustomization([bare(conditions[0])], observed=None), REQUEST)
+    assert (bare_ready.state, bare_ready.reason, bare_ready.message) == (ReadinessState.IN_PROGRESS, "Ready", "")
+    reconciling = [bare(condition("Reconciling", "True", "Progressing", "x"))]
+    bare_reconciling = judge_object("Kustomization", kustomization(reconciling, observed=None), REQUEST)
+    assert (bare_reconciling.reason, bare_reconciling.message) == ("Reconciling", "")
+
+
+def test_ready_unknown_at_the_current_generation_reports_its_message() -> None:
+    conditions = [condition("Ready", "Unknown", "Progressing", "Reconciliation in progress")]
+    judged = judge_object("Kustomization", kustomization(conditions), REQUEST)
+    assert (judged.state, judged.reason, judged.message) == (
+        ReadinessState.IN_PROGRESS,
+        "Progressing",
+        "Reconciliation in progress",
+    )
+    unexplained = judge_object("Kustomization", kustomization([bare(conditions[0])]), REQUEST)
+    assert (unexplained.state, unexplained.reason, unexplained.message) == (ReadinessState.IN_PROGRESS, "Unknown", "")
+
+
+def test_reconciling_false_does_not_hold_back_readiness() -> None:
+    conditions = [*applied(NEW), condition("Reconciling", "False", "Succeeded", "reconciliation done")]
+    judged = judge_object("Kustomization", kustomization(conditions), REQUEST)
+    assert (judged.state, judged.reason, judged.message) == (
+        ReadinessState.READY,
+        "ReconciliationSucceeded",
+        f"Applied revision: {NEW}",
+    )
+    outdated = [*stored(OLD), condition("Reconciling", "False", "Succeeded", "reconciliation done")]
+    source = judge_object("GitRepository", git_repository(outdated, revision=OLD), REQUEST)
+    assert (source.state, source.reason, source.message) == (
+        ReadinessState.IN_PROGRESS,
+        "ArtifactOutdated",
+        f"artifact {OLD} is stored; waiting for {NEW}",
+    )
+
+
+def test_conditions_without_reason_or_message_get_the_rules_own_reason() -> None:
+    def judged(kind: str, obj: dict[str, Any]) -> tuple[ReadinessState, str, str]:
+        verdict = judge_object(kind, obj, REQUEST)
+        return verdict.state, verdict.reason, verdict.message
+
+    stalled = [bare(condition("Ready", "False", "x", "y")), bare(condition("Stalled", "True", "x", "y"))]
+    assert judged("Kustomization", kustomization(stalled)) == (ReadinessState.FAILED, "Stalled", "")
+    new_generation_failed = [bare(condition("Ready", "False", "x", "y", generation=2))]
+    assert judged("Kustomization", kustomization(new_generation_failed, generation=2, observed=1)) == (
+        ReadinessState.IN_PROGRESS,
+        "NotReady",
+        "",
+    )
+    failed = [bare(condition("Ready", "False", "x", "y"))]
+    assert judged("Kustomization", kustomization(failed)) == (ReadinessState.IN_PROGRESS, "NotReady", "")
+    reconciling = [*stored(NEW), bare(condition("Reconciling", "True", "x", "y"))]
+    assert judged("GitRepository", git_repository(reconciling)) == (ReadinessState.IN_PROGRESS, "Progressing", "")
+    ready = [bare(applied(NEW)[0])]
+    assert judged("Kustomization", kustomization(ready)) == (ReadinessState.READY, "Succeeded", "")
