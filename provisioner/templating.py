@@ -559,8 +559,9 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 
 
 def _power_bits(base: object, exponent: object) -> int:
-    """About how many bits `base ** exponent` takes (0 unless both are integers and it grows)."""
-    if not (isinstance(base, int) and isinstance(exponent, int)) or exponent <= 0 or abs(base) <= 1:
+    """About how many bits `base ** exponent` takes: 0 unless both are integers and the base is not 0, 1 or -1;
+    not positive for an exponent that is not (the result is then 1 or a small float)."""
+    if not (isinstance(base, int) and isinstance(exponent, int)) or abs(base) <= 1:
         return 0
     return abs(base).bit_length() * exponent
 
@@ -700,7 +701,11 @@ def _render_files(
             raise TemplateRenderFailed(
                 f"template {manifest.name!r}: two files render to the same path {target!r} (one is {source.name!r})"
             )
-        content = renderer.content(source, _read_regular_file(source, manifest.name, budget), budget)
+        # Read whole (the scan bounded the sources' total): a source is judged by what it renders, not by its size.
+        raw = _read_regular_file(source, manifest.name, limits.max_total_bytes)
+        if len(raw) > limits.max_total_bytes:  # grown past the bound since the scan
+            raise _too_large(manifest.name, limits)
+        content = renderer.content(source, raw, budget)
         if content is None or len(content) > budget:
             raise _too_large(manifest.name, limits)
         budget -= len(content)
@@ -889,7 +894,7 @@ def _read_regular_file(source: _SourceFile, template: str, limit: int) -> bytes:
     Non-blocking, so that opening a FIFO swapped in since the scan returns at once (and is refused) instead of
     waiting for a writer forever; reading a regular file ignores the flag."""
     try:
-        descriptor = os.open(source.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        descriptor = os.open(source.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         if source.path.is_symlink():
             raise TemplateRenderFailed(

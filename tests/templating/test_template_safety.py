@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,7 @@ from provisioner.contracts import (
     MAX_PARAMETERS,
     MAX_PARAMETERS_TOTAL_LENGTH,
     ErrorType,
+    ParameterValue,
 )
 from provisioner.templating import (
     InvalidInput,
@@ -28,7 +31,14 @@ from provisioner.templating import (
     load_template,
     render_project,
 )
-from tests.templating.test_templating import activity_error, custom_spec, render_error, web_spec, write_template
+from tests.templating.test_templating import (
+    MINIMAL_KUSTOMIZATION,
+    activity_error,
+    custom_spec,
+    render_error,
+    web_spec,
+    write_template,
+)
 
 # Rendering this file fails (SecurityError): a request refused with InvalidInput was refused before rendering.
 UNRENDERABLE: dict[str, str | bytes] = {"evil.txt": "{{ ''.__class__.__mro__ }}"}
@@ -58,6 +68,10 @@ def test_parameter_values_in_file_names_stay_literal(tmp_path: Path) -> None:
         (".git/hooks", ".git/hooks/x", "writes into '.git'"),
         (".GIT/hooks", ".GIT/hooks/x", "writes into '.git'"),  # git on a case-insensitive disk reads .GIT as .git
         ("src/.Git", "src/.Git/x", "writes into '.git'"),
+        ("src/./lib", "src/./lib/x", "has an empty, '.' or '..' segment"),
+        ("src\\lib", "src\\lib/x", "contains a backslash or a control character"),
+        ("src\x1flib", "src\x1flib/x", "contains a backslash or a control character"),
+        ("src\x7flib", "src\x7flib/x", "contains a backslash or a control character"),  # DEL
     ],
 )
 def test_a_directory_named_by_a_parameter_cannot_leave_the_tree(
@@ -200,6 +214,7 @@ def test_a_template_file_named_like_a_template_directory_is_refused(tmp_path: Pa
         (b"\xff.txt", "\udcff.txt"),
         (b"{#\xff#}notes.txt", "{#\udcff#}notes.txt"),  # would render to a valid "notes.txt"
         (b"dir\xff/x.txt", "dir\udcff"),  # refused at the directory, before anything inside it
+        (b"dir/\xff.txt", "dir/\udcff.txt"),
     ],
 )
 def test_a_file_name_that_is_not_utf8_is_a_permanent_refusal(tmp_path: Path, raw: bytes, shown: str) -> None:
@@ -226,6 +241,25 @@ def test_a_name_rendering_to_a_lone_surrogate_is_a_permanent_refusal(tmp_path: P
     assert error.non_retryable
     assert error.message == (
         "template 'surrogate': file name \"{{ '%c' % 56575 }}.txt\" renders to '\\udcff.txt', "
+        "which is not valid Unicode (it holds a lone surrogate): refused"
+    )
+
+
+@pytest.mark.parametrize(
+    ("code_point", "refused"),
+    [(0xD7FF, False), (0xD800, True), (0xDFFF, True), (0xE000, False)],
+    ids=["D7FF", "D800", "DFFF", "E000"],
+)
+def test_only_surrogate_code_points_are_refused_in_names(tmp_path: Path, code_point: int, refused: bool) -> None:
+    write_template(tmp_path, "surrogate", {f"{{{{ '%c' % {code_point} }}}}.txt": "x\n"})
+    name = f"{chr(code_point)}.txt"
+
+    if not refused:
+        assert render_project(custom_spec("surrogate"), tmp_path).files[name] == b"x\n"
+        return
+    error = render_error(custom_spec("surrogate"), tmp_path)
+    assert error.message == (
+        f"template 'surrogate': file name \"{{{{ '%c' % {code_point} }}}}.txt\" renders to {name!r}, "
         "which is not valid Unicode (it holds a lone surrogate): refused"
     )
 
@@ -356,3 +390,199 @@ def test_a_kustomize_path_outside_the_rendered_tree_is_refused(tmp_path: Path, k
         "environments.development.kustomize_path: must be a relative path inside the rendered tree"
     )
     assert render_error(custom_spec("esc"), tmp_path).message == caught.value.message
+
+
+# ---- Parameter values: each type's refusal, and the bounds are inclusive -------------------------------------------
+
+TYPED_PARAMETERS: dict[str, Any] = {
+    "flag": {"type": "boolean", "default": False},
+    "count": {"type": "integer", "default": 2, "minimum": 1, "maximum": 3},
+}
+
+
+@pytest.mark.parametrize(
+    ("parameters", "problem"),
+    [
+        ({"flag": "yes"}, "parameters.flag: must be true or false"),
+        ({"flag": 1}, "parameters.flag: must be true or false"),
+        ({"count": 1.5}, "parameters.count: must be an integer"),
+        ({"count": True}, "parameters.count: must be an integer"),
+        ({"count": "2"}, "parameters.count: must be an integer"),
+        ({"count": 0}, "parameters.count: must be at least 1"),
+        ({"count": 4}, "parameters.count: must be at most 3"),
+    ],
+)
+def test_a_value_of_the_wrong_type_or_out_of_bounds_is_refused(
+    tmp_path: Path, parameters: dict[str, ParameterValue], problem: str
+) -> None:
+    write_template(tmp_path, "typed", UNRENDERABLE, parameters=TYPED_PARAMETERS)
+
+    error = render_error(custom_spec("typed", parameters), tmp_path)
+
+    assert error.error_type is ErrorType.INVALID_INPUT
+    assert [str(field_error) for field_error in error.field_errors] == [problem]
+
+
+def test_the_minimum_and_the_maximum_are_themselves_accepted(tmp_path: Path) -> None:
+    write_template(tmp_path, "typed", {"count.txt": "{{ params.count }} {{ params.flag }}\n"}, TYPED_PARAMETERS)
+
+    for count in (1, 3):
+        tree = render_project(custom_spec("typed", {"count": count, "flag": True}), tmp_path)
+        assert tree.files["count.txt"] == f"{count} True\n".encode()
+
+
+@pytest.mark.parametrize("default", [float("inf"), float("-inf"), float("nan")])
+def test_a_default_that_is_not_a_finite_number_breaks_the_manifest(tmp_path: Path, default: float) -> None:
+    write_template(tmp_path, "ratio", {}, parameters={"ratio": {"type": "number", "default": default}})
+
+    with pytest.raises(TemplateError) as caught:
+        load_template(tmp_path, "ratio")
+
+    assert caught.value.error_type is ErrorType.TEMPLATE_RENDER_FAILED
+    assert caught.value.message == (
+        "template 'ratio' has an invalid template.yaml: parameters.ratio.default: must be a finite number"
+    )
+
+
+# ---- Arithmetic in the sandbox: ordinary numbers compute, `*` and `**` are bounded just past their edge -----------
+
+
+@pytest.mark.parametrize(
+    ("expression", "rendered"),
+    [
+        ("6 * 7", "42"),
+        ("2 ** 10", "1024"),
+        ("2.0 ** 3", "8.0"),
+        ("2 ** 0.5 > 1.41", "True"),
+        ("2 ** -2", "0.25"),
+        ("1 ** 100000000", "1"),  # a base of 1 or -1 never grows, whatever the exponent
+        ("(-1) ** 100000001", "-1"),
+        ("(2 ** 32768) % 1000", str(pow(2, 32768, 1000))),  # 2 bits * 32768 = 65536 bits: just allowed
+        ("('ab' * 500) | length", "1000"),  # exactly the budget of 1000 bytes
+        ("(500 * 'ab') | length", "1000"),
+    ],
+)
+def test_arithmetic_within_the_bounds_renders(tmp_path: Path, expression: str, rendered: str) -> None:
+    write_template(tmp_path, "math", {"math.txt": f"{{{{ {expression} }}}}\n"})
+
+    tree = render_project(custom_spec("math"), tmp_path, RenderLimits(max_total_bytes=1000))
+
+    assert tree.files["math.txt"] == f"{rendered}\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("expression", "reason"),
+    [
+        ("(2 ** 32769) % 1000", "a power of more than 65536 bits: refused"),
+        # 2 ** 65536 built by multiplication (not bounded) has 65537 bits: even its first power is refused.
+        ("((2 ** 32768) * (2 ** 32768)) ** 1 % 1000", "a power of more than 65536 bits: refused"),
+        ("('ab' * 501) | length", "repeating 2 items 501 times exceeds 1000: refused"),
+        ("(501 * 'ab') | length", "repeating 2 items 501 times exceeds 1000: refused"),
+    ],
+)
+def test_arithmetic_just_past_the_bounds_is_refused(tmp_path: Path, expression: str, reason: str) -> None:
+    write_template(tmp_path, "math", {"math.txt": f"{{{{ {expression} }}}}\n"})
+
+    error = render_error(custom_spec("math"), tmp_path, limits=RenderLimits(max_total_bytes=1000))
+
+    assert error.error_type is ErrorType.TEMPLATE_RENDER_FAILED
+    assert error.message == f"template 'math': cannot render 'math.txt': SecurityError: {reason}"
+
+
+# ---- Rendering: file names that fail, NUL bytes, the output budget to the byte ------------------------------------
+
+
+def test_a_file_name_that_cannot_render_is_reported_with_its_error(tmp_path: Path) -> None:
+    write_template(tmp_path, "names", {"{{ params.missing }}.txt": "x\n"})
+
+    error = render_error(custom_spec("names"), tmp_path)
+
+    assert error.error_type is ErrorType.TEMPLATE_RENDER_FAILED
+    assert error.message == (
+        "template 'names': cannot render the file name '{{ params.missing }}.txt': "
+        "UndefinedError: 'dict object' has no attribute 'missing'"
+    )
+
+
+def test_a_file_holding_a_nul_byte_is_copied_verbatim_even_when_it_is_utf8(tmp_path: Path) -> None:
+    content = b"\0{{ project.slug }} {% if %}\n"  # valid UTF-8, and a broken template if it were rendered
+    write_template(tmp_path, "nul", {"data.bin": content})
+
+    assert render_project(custom_spec("nul"), tmp_path).files["data.bin"] == content
+
+
+def test_output_filling_the_budget_to_the_byte_renders_and_one_byte_more_is_refused(tmp_path: Path) -> None:
+    # kustomization.yaml renders first, then last.txt (read against what is left of the budget): exactly 10 bytes.
+    write_template(tmp_path, "full", {"last.txt": "0123456789"})
+    exact = RenderLimits(max_total_bytes=len(MINIMAL_KUSTOMIZATION) + 10)
+
+    assert render_project(custom_spec("full"), tmp_path, exact).files["last.txt"] == b"0123456789"
+    error = render_error(
+        custom_spec("full"), tmp_path, limits=replace(exact, max_total_bytes=exact.max_total_bytes - 1)
+    )
+    assert error.message == (
+        f"template 'full' renders more than {exact.max_total_bytes - 1} bytes "
+        "(a parameter value may be too large): refused"
+    )
+
+
+def test_rendering_stops_as_soon_as_the_output_exceeds_the_budget(tmp_path: Path) -> None:
+    # Each pass of the loop is its own chunk of 600 characters; the undefined name after it is never reached.
+    write_template(tmp_path, "runaway", {"big.txt": "{% for i in range(3) %}{{ 'x' * 600 }}{% endfor %}{{ nowhere }}"})
+
+    error = render_error(custom_spec("runaway"), tmp_path, limits=RenderLimits(max_total_bytes=1000))
+
+    assert (
+        error.message == "template 'runaway' renders more than 1000 bytes (a parameter value may be too large): refused"
+    )
+
+
+def test_the_template_files_are_bounded_in_total_size_before_anything_renders(tmp_path: Path) -> None:
+    # Each file is within the limit, together they are not; broken.txt sorts first and would fail if it rendered.
+    write_template(tmp_path, "heavy", {"broken.txt": "{{ nowhere }}", "one.txt": "1" * 500, "two.txt": "2" * 500})
+
+    error = render_error(custom_spec("heavy"), tmp_path, limits=RenderLimits(max_total_bytes=1000))
+
+    assert (
+        error.message == "template 'heavy' renders more than 1000 bytes (a parameter value may be too large): refused"
+    )
+
+
+def test_a_source_larger_than_what_is_left_of_the_budget_renders_when_its_output_fits(tmp_path: Path) -> None:
+    # The comment renders to nothing, but its source is larger than the 10 bytes the other files leave of the budget:
+    # read cut to those, its syntax would break. (The sources together stay within the bound the scan checks.)
+    write_template(tmp_path, "late", {"a.txt": "{{ 'x' * 150 }}", "b.txt": "{# " + "c" * 120 + " #}"})
+    limit = 150 + len(MINIMAL_KUSTOMIZATION.encode()) + 10
+
+    tree = render_project(custom_spec("late"), tmp_path, RenderLimits(max_total_bytes=limit))
+
+    assert tree.files["a.txt"] == b"x" * 150
+    assert tree.files["b.txt"] == b""
+
+
+def test_a_source_grown_past_the_bound_since_the_scan_is_refused_as_too_large(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_template(tmp_path, "grows", {"a.txt": "small"})
+    scan = templating._collect_sources
+
+    def scan_then_grow(manifest: TemplateManifest, limits: RenderLimits) -> list[_SourceFile]:
+        sources = scan(manifest, limits)
+        (manifest.files_dir / "a.txt").write_text("y" * 400)
+        return sources
+
+    monkeypatch.setattr(templating, "_collect_sources", scan_then_grow)
+    error = render_error(custom_spec("grows"), tmp_path, limits=RenderLimits(max_total_bytes=300))
+    assert error.message == "template 'grows' renders more than 300 bytes (a parameter value may be too large): refused"
+
+
+def test_the_output_budget_is_shared_by_all_the_files(tmp_path: Path) -> None:
+    # Each file renders 600 bytes, within the limit on its own; the second one exceeds what the first left, and is
+    # refused rather than cut to fit.
+    write_template(tmp_path, "shared", {"one.txt": "{{ '1' * 600 }}", "two.txt": "2" * 600})
+
+    assert len(render_project(custom_spec("shared"), tmp_path, RenderLimits(max_total_bytes=1300)).files) == 3
+    error = render_error(custom_spec("shared"), tmp_path, limits=RenderLimits(max_total_bytes=1000))
+    assert (
+        error.message == "template 'shared' renders more than 1000 bytes (a parameter value may be too large): refused"
+    )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -217,6 +218,44 @@ def test_list_and_load_templates_describe_the_shipped_template() -> None:
     assert set(manifest.environments) == {"development", "production"}
 
 
+@pytest.mark.parametrize(
+    ("declared", "normalized"),
+    [
+        (".", "."),
+        ("", "."),
+        ("./", "."),
+        ("./deploy/dev/", "deploy/dev"),
+        ("././deploy", "deploy"),
+        (" deploy/dev// ", "deploy/dev"),
+        ("deploy/X", "deploy/X"),
+    ],
+)
+def test_a_kustomize_path_is_normalized_when_the_manifest_loads(tmp_path: Path, declared: str, normalized: str) -> None:
+    write_template(tmp_path, "paths", {}, environments={"development": {"kustomize_path": declared}})
+
+    assert load_template(tmp_path, "paths").environments["development"].kustomize_path == normalized
+
+
+def test_a_template_without_a_files_directory_is_broken(tmp_path: Path) -> None:
+    shutil.rmtree(write_template(tmp_path, "empty", {}) / "files")
+
+    error = render_error(custom_spec("empty"), tmp_path)
+
+    assert error.error_type is ErrorType.TEMPLATE_RENDER_FAILED
+    assert error.message == "template 'empty' has no files/ directory"
+
+
+def test_the_tree_records_every_value_the_template_saw() -> None:
+    defaults = {
+        name: parameter.default
+        for name, parameter in load_template(SHIPPED_TEMPLATES, "web-service").parameters.items()
+    }
+
+    tree = render_project(web_spec({"owner": "payments", "replicas": 3}), SHIPPED_TEMPLATES)
+
+    assert tree.parameters == defaults | {"owner": "payments", "replicas": 3}
+
+
 # ---- Parameter and request validation ----------------------------------------------------------------------
 
 
@@ -267,6 +306,23 @@ def test_number_parameters_accept_integers_and_floats_but_not_booleans(tmp_path:
     for bad, message in rejected:
         error = render_error(custom_spec("ratio", {"ratio": bad}), tmp_path)
         assert [str(field_error) for field_error in error.field_errors] == [f"parameters.ratio: {message}"]
+
+
+def test_a_malformed_environment_is_reported_once() -> None:
+    error = render_error(web_spec(environment="Staging!"))
+
+    assert [field_error.field for field_error in error.field_errors] == ["environment"]
+    assert error.field_errors[0].message.startswith("must be an environment name such as 'development'")
+
+
+def test_parameters_that_are_not_a_mapping_are_a_field_error() -> None:
+    error = render_error(replace(web_spec(), parameters=cast(Any, None)))
+
+    assert error.error_type is ErrorType.INVALID_INPUT
+    assert [str(field_error) for field_error in error.field_errors] == [
+        "parameters: must be a mapping of names to values",
+        "parameters.owner: is required",
+    ]
 
 
 def test_unknown_environment_is_a_field_error() -> None:
@@ -597,7 +653,179 @@ def test_an_overlay_referencing_a_base_the_template_lacks_is_refused(tmp_path: P
     error = render_error(custom_spec("dangling"), tmp_path)
 
     assert error.error_type is ErrorType.TEMPLATE_RENDER_FAILED
-    assert "'overlay/kustomization.yaml' references '../base', which the template does not render" in error.message
+    assert error.message == (
+        "template 'dangling': 'overlay/kustomization.yaml' references '../base', which the template does not render"
+    )
+
+
+BASE: dict[str, str | bytes] = {
+    "base/kustomization.yaml": "resources:\n  - deploy.yaml\n",
+    "base/deploy.yaml": "kind: Deployment\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("files", "problem"),
+    [
+        (  # every reference is checked, also those after one that exists
+            {"overlay/kustomization.yaml": "resources:\n  - config.yaml\n  - missing.yaml\n"}
+            | {"overlay/config.yaml": "a: 1\n"},
+            "'overlay/kustomization.yaml' references 'missing.yaml', which the template does not render",
+        ),
+        (
+            {"overlay/kustomization.yaml": "resources:\n  - ../base\n  - missing.yaml\n"},
+            "'overlay/kustomization.yaml' references 'missing.yaml', which the template does not render",
+        ),
+        (  # a referenced kustomization is checked in turn
+            {"overlay/kustomization.yaml": "resources:\n  - ../base\n", "base/kustomization.yaml": "bases: [gone]\n"},
+            "'base/kustomization.yaml' references 'gone', which the template does not render",
+        ),
+        (
+            {"overlay/kustomization.yaml": "resources:\n  - ../base/deploy.yaml\n  - ../manifests\n"}
+            | {"manifests/service.yaml": "kind: Service\n"},
+            "the directory 'manifests' is referenced as a kustomization but holds none",
+        ),
+        (
+            {"overlay/kustomization.yaml": "resources:\n  - ../..\n"},
+            "'overlay/kustomization.yaml' references '../..' outside the repository",
+        ),
+        (
+            {"overlay/kustomization.yaml": "resources:\n  - ../../base\n"},
+            "'overlay/kustomization.yaml' references '../../base' outside the repository",
+        ),
+        (
+            {"overlay/kustomization.yaml": "resources:\n  - /etc/flux\n"},
+            "'overlay/kustomization.yaml' references '/etc/flux' outside the repository",
+        ),
+        (
+            {"overlay/kustomization.yaml": "- ../base\n"},
+            "'overlay/kustomization.yaml' is not a mapping",
+        ),
+        (  # a file named Kustomization is not checked as YAML by its suffix: it is checked here
+            {"overlay/Kustomization": b"resources: [\xff]\n"},
+            "'overlay/Kustomization' is not valid YAML: "
+            "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff in position 12: invalid start byte",
+        ),
+    ],
+    ids=[
+        "after-a-file",
+        "after-a-directory",
+        "nested",
+        "directory-without-kustomization",
+        "parent-of-root",
+        "outside-by-dotdot",
+        "absolute",
+        "not-a-mapping",
+        "not-utf8",
+    ],
+)
+def test_kustomization_references_are_checked_against_the_rendered_tree(
+    tmp_path: Path, files: dict[str, str | bytes], problem: str
+) -> None:
+    write_template(tmp_path, "refs", BASE | files, environments={"development": {"kustomize_path": "overlay"}})
+
+    error = render_error(custom_spec("refs"), tmp_path)
+
+    assert error.error_type is ErrorType.TEMPLATE_RENDER_FAILED
+    assert error.message == f"template 'refs': {problem}"
+
+
+def test_a_kustomization_file_without_a_yaml_suffix_must_still_parse(tmp_path: Path) -> None:
+    write_template(
+        tmp_path,
+        "refs",
+        {"overlay/Kustomization": "resources: [unbalanced\n"},
+        {},
+        {"development": {"kustomize_path": "overlay"}},
+    )
+
+    error = render_error(custom_spec("refs"), tmp_path)
+
+    assert error.error_type is ErrorType.TEMPLATE_RENDER_FAILED
+    assert error.message.startswith(
+        "template 'refs': 'overlay/Kustomization' is not valid YAML: ParserError: while parsing a flow sequence\n"
+    )
+
+
+@pytest.mark.parametrize("key", ["resources", "bases", "components", "patchesStrategicMerge", "crds"])
+def test_each_kind_of_local_reference_is_checked(tmp_path: Path, key: str) -> None:
+    references = f"{key}:\n  - present.yaml\n  - missing.yaml\n"
+    write_template(tmp_path, "refs", {"kustomization.yaml": references, "present.yaml": "a: 1\n"})
+
+    error = render_error(custom_spec("refs"), tmp_path)
+
+    assert error.message == (
+        "template 'refs': 'kustomization.yaml' references 'missing.yaml', which the template does not render"
+    )
+    (tmp_path / "refs" / "files" / "missing.yaml").write_text("b: 2\n")
+    assert render_project(custom_spec("refs"), tmp_path).files["missing.yaml"] == b"b: 2\n"
+
+
+@pytest.mark.parametrize("key", ["patches", "patchesJson6902"])
+def test_the_path_of_each_patch_is_checked(tmp_path: Path, key: str) -> None:
+    patches = f"{key}:\n  - path: present.yaml\n    target: {{kind: Deployment}}\n  - path: missing.yaml\n"
+    write_template(tmp_path, "refs", {"kustomization.yaml": patches, "present.yaml": "a: 1\n"})
+
+    error = render_error(custom_spec("refs"), tmp_path)
+
+    assert error.message == (
+        "template 'refs': 'kustomization.yaml' references 'missing.yaml', which the template does not render"
+    )
+    (tmp_path / "refs" / "files" / "missing.yaml").write_text("b: 2\n")
+    assert render_project(custom_spec("refs"), tmp_path).files["missing.yaml"] == b"b: 2\n"
+
+
+REFERENCES_LEFT_TO_KUSTOMIZE = """\
+resources:
+  - https://example.com/remote.yaml
+  - git@github.com:example/infra//base?ref=v1
+  - github.com/example/infra/base?ref=v1
+  - gitlab.com/example/infra/base?ref=v1
+  - 5
+  - {path: not-a-string-reference.yaml}
+components: {not: a list}
+crds: 5
+patchesStrategicMerge:
+  - |
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: inline}
+patches:
+  - target: {kind: Deployment}
+    patch: "- op: add"
+  - just-a-string.yaml
+patchesJson6902: 5
+"""
+
+
+def test_remote_inline_and_malformed_references_are_left_to_kustomize(tmp_path: Path) -> None:
+    write_template(tmp_path, "refs", {"kustomization.yaml": REFERENCES_LEFT_TO_KUSTOMIZE})
+
+    assert "kustomization.yaml" in render_project(custom_spec("refs"), tmp_path).files
+
+
+@pytest.mark.parametrize(
+    ("files", "kustomize_path"),
+    [
+        ({"overlay/kustomization.yaml": "resources:\n  - ..\n"}, "overlay"),  # the root's own kustomization
+        ({"kustomization.yaml": "resources:\n  - overlay\n", "overlay/kustomization.yaml": "resources: [..]\n"}, "."),
+        (
+            {
+                "overlay/kustomization.yaml": "resources: [../base]\n",
+                "base/kustomization.yaml": "resources: [../overlay]\n",
+            },
+            "overlay",
+        ),
+        ({"overlay/kustomization.yaml": "resources: [., ./, ../overlay]\n"}, "overlay"),
+    ],
+    ids=["root", "cycle-through-root", "cycle", "itself"],
+)
+def test_kustomizations_referring_to_each_other_are_each_checked_once(
+    tmp_path: Path, files: dict[str, str | bytes], kustomize_path: str
+) -> None:
+    write_template(tmp_path, "refs", files, environments={"development": {"kustomize_path": kustomize_path}})
+
+    assert render_project(custom_spec("refs"), tmp_path).kustomize_path == kustomize_path
 
 
 def test_rendered_yaml_must_parse(tmp_path: Path) -> None:
@@ -612,7 +840,9 @@ def test_rendered_yaml_must_parse(tmp_path: Path) -> None:
     error = render_error(custom_spec("badyaml", {"value": "[unbalanced"}), tmp_path)
 
     assert error.error_type is ErrorType.TEMPLATE_RENDER_FAILED
-    assert "'config.yaml' does not render to valid YAML" in error.message
+    assert error.message.startswith(
+        "template 'badyaml': 'config.yaml' does not render to valid YAML: ParserError: while parsing a flow sequence\n"
+    )
 
 
 @pytest.mark.parametrize(
