@@ -9,6 +9,7 @@ is printed as one. Exit status 1 when an area scores under the target.
     python -m tests.mutation              # a fresh run (about 20 minutes on 2 cores)
     python -m tests.mutation --reuse      # keep mutants/ and its results: only changed functions run again
     python -m tests.mutation --report     # only print the table of the last run
+    python -m tests.mutation --area readiness --area template   # only the areas whose names contain these words
 """
 
 from __future__ import annotations
@@ -130,18 +131,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="keep mutants/ and the results it holds")
     parser.add_argument("--report", action="store_true", help="print the last run's table, run nothing")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--area", action="append", help="only the areas whose names contain this (repeatable)")
     options = parser.parse_args(argv)
+    areas = {name: p for name, p in AREAS.items() if not options.area or any(a in name for a in options.area)}
+    if not areas:
+        parser.error(f"no area matches {options.area}; the areas: {', '.join(AREAS)}")
     os.chdir(ROOT)
     if not options.report:
         if not options.reuse:
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)
-        patterns = [pattern for patterns in AREAS.values() for pattern in patterns]
+        patterns = [pattern for patterns in areas.values() for pattern in patterns]
         subprocess.run(
             [str(MUTMUT), "run", "--max-children", str(options.max_children), *patterns],
             check=True,
             stdout=subprocess.DEVNULL,  # its progress spinner; the table below is the result
         )
-    scores = score_areas(read_results(), load_equivalents())
+    scores = score_areas(areas, read_results(), load_equivalents())
     print_report(scores)
     return 0 if all(score.score >= TARGET for score in scores) else 1
 
@@ -168,9 +173,11 @@ def mutated_lines(name: str) -> tuple[str, str]:
     return "\n".join(changed), added
 
 
-def score_areas(results: dict[str, str], equivalents: list[Equivalent]) -> list[AreaScore]:
+def score_areas(
+    areas: dict[str, list[str]], results: dict[str, str], equivalents: list[Equivalent]
+) -> list[AreaScore]:
     scores = []
-    for area, patterns in AREAS.items():
+    for area, patterns in areas.items():
         score = AreaScore(area)
         for name, status in sorted(results.items()):
             if not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
