@@ -33,7 +33,6 @@ test-chaos: $(STAMP)
 
 # Mutation testing of the promise-carrying code (tests/mutation; about 20 minutes on 2 cores, not run by CI).
 test-mutation: $(STAMP)
-	bash scripts/install-system-deps.sh
 	$(BIN)/python -m tests.mutation
 
 bench: $(STAMP)

@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -250,11 +250,11 @@ class LocalRepositoryProvider:
         """The default branch of the existing repository at `path`, which must carry `slug`'s ownership marker."""
         try:
             config = ConfigFile.from_path(str(path / "config"))
-            owner = config.get(MARKER_SECTION, b"project").decode("utf-8", errors="replace")
-            managed = config.get_boolean(MARKER_SECTION, b"managed", False)
+            managed = config.get_boolean(MARKER_SECTION, b"managed")
+            owner = config.get(MARKER_SECTION, b"project").decode("utf-8", errors="replace") if managed else ""
         except (OSError, KeyError, ValueError):
-            owner, managed = "", False
-        if not managed or not owner:
+            owner = ""  # not a repository, or no (readable) marker
+        if not owner:
             raise repository_conflict(
                 f"repository {path.name!r} already exists and is not managed by {MANAGED_BY}; "
                 "refusing to take it over (choose another slug or remove the repository)"
@@ -442,12 +442,9 @@ def repository_description(spec: ProjectSpec) -> str:
 
 def _rendered_path(path: str) -> bytes:
     """`path` as a Git tree path; refuses anything that is not a plain relative path outside `.git`."""
-    pure = PurePosixPath(path)
-    if (
-        not path
-        or pure.is_absolute()
-        or any(part in ("", ".", "..") or part.lower() == ".git" for part in path.split("/"))
-        or any(ord(char) < 0x20 for char in path)
+    # An empty or absolute path has an empty part too.
+    if any(part in ("", ".", "..") or part.lower() == ".git" for part in path.split("/")) or any(
+        ord(char) < 0x20 for char in path
     ):
         raise ApplicationError(
             f"the rendered template contains an unsafe path {path!r}",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import tempfile
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,10 @@ from provisioner.templating import RenderedTree, TemplateRenderFailed, tree_dige
 from tests.git.conftest import TOKEN, git, init_bare
 
 EXECUTABLE = "scripts/run.sh"
+NOT_MANAGED = (
+    "repository 'billing-api.git' already exists and is not managed by provisioner; "
+    "refusing to take it over (choose another slug or remove the repository)"
+)
 
 
 def fake_render(spec: ProjectSpec, templates_dir: Path) -> RenderedTree:
@@ -132,6 +137,7 @@ def test_create_repository_creates_a_marked_bare_repository_once(
     assert git("symbolic-ref", "HEAD", cwd=path).stdout.strip() == "refs/heads/main"
     assert git("config", "--file", str(path / "config"), "provisioner.project").stdout.strip() == "billing-api"
     assert git("config", "--file", str(path / "config"), "--bool", "provisioner.managed").stdout.strip() == "true"
+    assert git("config", "--file", str(path / "config"), "--bool", "http.receivepack").stdout.strip() == "true"
     assert "Billing API" in (path / "description").read_text()
 
     second = activities.create_repository(make_spec())
@@ -154,7 +160,7 @@ def test_an_existing_unmarked_repository_is_a_non_retryable_conflict(
         activities.create_repository(make_spec())
     assert caught.value.type == ErrorType.REPOSITORY_CONFLICT
     assert caught.value.non_retryable
-    assert "not managed by provisioner" in str(caught.value)
+    assert caught.value.message == NOT_MANAGED
 
 
 def test_another_projects_repository_is_a_non_retryable_conflict(
@@ -191,7 +197,7 @@ def test_a_repository_marked_with_the_project_but_not_managed_is_never_adopted(
             attempt()
         assert caught.value.type == ErrorType.REPOSITORY_CONFLICT
         assert caught.value.non_retryable
-        assert "not managed by provisioner" in str(caught.value)
+        assert caught.value.message == NOT_MANAGED
     assert (path / "HEAD").is_file()
 
 
@@ -201,6 +207,98 @@ def test_a_non_repository_in_the_way_is_a_conflict(activities: GitActivities, li
     with pytest.raises(ApplicationError) as caught:
         activities.create_repository(make_spec())
     assert caught.value.type == ErrorType.REPOSITORY_CONFLICT
+    assert caught.value.message == NOT_MANAGED
+
+
+def test_a_marker_naming_the_owner_in_bytes_that_are_not_utf8_still_names_another_project(settings: Settings) -> None:
+    provider = LocalRepositoryProvider(settings)
+    provider.ensure_repository("billing-api", "Billing API")
+    config = settings.git_repos_dir / "billing-api.git" / "config"
+    config.write_bytes(b"[core]\n\tbare = true\n[provisioner]\n\tproject = \xffbilling-api\n\tmanaged = true\n")
+    attempts: list[Callable[[], object]] = [
+        lambda: provider.ensure_repository("billing-api", "Billing API"),
+        lambda: provider.find_repository("billing-api"),
+        lambda: provider.delete_repository("billing-api"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ApplicationError) as caught:
+            attempt()
+        assert caught.value.type == ErrorType.REPOSITORY_CONFLICT
+        assert caught.value.message == (
+            "repository 'billing-api.git' already exists and belongs to project '\ufffdbilling-api', not 'billing-api'"
+        )
+    assert config.is_file()
+
+
+def test_find_repository_reports_the_projects_repository_and_never_creates_one(settings: Settings) -> None:
+    provider = LocalRepositoryProvider(settings)
+    assert provider.find_repository("billing-api") is None
+    assert not settings.git_repos_dir.exists()
+    provider.ensure_repository("billing-api", "Billing API")
+    assert provider.find_repository("billing-api") == RepositoryInfo(
+        name="billing-api",
+        clone_url="http://unused.invalid/billing-api.git",
+        default_branch="main",
+        created=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("head", "branch"),
+    [
+        ("ref: refs/heads/trunk\n", "trunk"),
+        ("0123456789abcdef0123456789abcdef01234567\n", "develop"),
+        (None, "develop"),
+    ],
+    ids=["on-a-branch", "detached", "no-head"],
+)
+def test_an_existing_repository_reports_the_branch_its_head_names_else_the_configured_one(
+    settings: Settings, head: str | None, branch: str
+) -> None:
+    LocalRepositoryProvider(settings).ensure_repository("billing-api", "Billing API")
+    head_file = settings.git_repos_dir / "billing-api.git" / "HEAD"
+    if head is None:
+        head_file.unlink()
+    else:
+        head_file.write_text(head)
+    provider = LocalRepositoryProvider(replace(settings, git_default_branch="develop"))
+    found = provider.find_repository("billing-api")
+    assert found is not None and found.default_branch == branch
+    assert provider.ensure_repository("billing-api", "Billing API") == replace(found, created=False)
+
+
+def test_creating_and_deleting_a_repository_is_logged_once(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider = LocalRepositoryProvider(settings)
+    with caplog.at_level(logging.INFO, logger="activities.git"):
+        provider.ensure_repository("billing-api", "Billing API")
+        provider.ensure_repository("billing-api", "Billing API")  # there already: nothing done, nothing logged
+        provider.delete_repository("billing-api")
+        provider.delete_repository("billing-api")
+    assert [(record.name, record.levelno, record.getMessage()) for record in caplog.records] == [
+        ("activities.git", logging.INFO, "created repository billing-api.git"),
+        ("activities.git", logging.INFO, "deleted repository billing-api.git"),
+    ]
+
+
+def test_a_symbolic_link_in_the_repositorys_place_is_never_deleted(settings: Settings, tmp_path: Path) -> None:
+    provider = LocalRepositoryProvider(settings)
+    provider.ensure_repository("billing-api", "Billing API")  # marked as the project's: the link itself is refused
+    elsewhere = tmp_path / "elsewhere.git"
+    (settings.git_repos_dir / "billing-api.git").rename(elsewhere)
+    (settings.git_repos_dir / "billing-api.git").symlink_to(elsewhere)
+    with pytest.raises(ApplicationError) as caught:
+        provider.delete_repository("billing-api")
+    assert caught.value.type == ErrorType.REPOSITORY_CONFLICT
+    assert caught.value.non_retryable
+    assert caught.value.message == (
+        "repository 'billing-api.git' is a symbolic link, not a repository created by provisioner; "
+        "refusing to delete it"
+    )
+    assert (settings.git_repos_dir / "billing-api.git").is_symlink()
+    assert (elsewhere / "HEAD").is_file()
+    assert sorted(os.listdir(settings.git_repos_dir)) == ["billing-api.git"]
 
 
 def test_an_invalid_slug_never_touches_the_file_system(activities: GitActivities, live_settings: Settings) -> None:
@@ -416,6 +514,28 @@ def test_template_errors_are_non_retryable(live_settings: Settings) -> None:
         assert caught.value.type == ErrorType.TEMPLATE_RENDER_FAILED
         assert caught.value.non_retryable
         assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "unsafe",
+    [
+        *["", "/etc/passwd", "docs//guide.md", "docs/", "./README.md", "docs/./guide.md", "../outside", "docs/../x"],
+        *[".git", "k8s/.GIT/x", "new\nline", "tab\tin/name", "unit\x1fseparator", "\x00"],
+    ],
+)
+def test_anything_but_a_plain_relative_path_is_refused_as_a_tree_path(unsafe: str) -> None:
+    with pytest.raises(ApplicationError) as caught:
+        git_activities._rendered_path(unsafe)
+    assert caught.value.type == ErrorType.TEMPLATE_RENDER_FAILED
+    assert caught.value.non_retryable
+    assert caught.value.message == f"the rendered template contains an unsafe path {unsafe!r}"
+
+
+@pytest.mark.parametrize(
+    "safe", ["README.md", "a b/c d.txt", "..hidden", "...", ".gitignore", ".github/workflows/ci.yml", "ünï/文件", "~"]
+)
+def test_a_plain_relative_path_is_its_utf8_tree_path(safe: str) -> None:
+    assert git_activities._rendered_path(safe) == safe.encode("utf-8")
 
 
 @pytest.mark.parametrize("unsafe", [".GIT/hooks/post-update", "docs/.Git/config", "k8s/.git"])

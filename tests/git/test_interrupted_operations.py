@@ -8,9 +8,12 @@ The leftovers are made both by hand and by really killing a process held at the 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -197,6 +200,103 @@ def test_a_refused_delete_leaves_no_scratch_directory_behind(
     assert provider.delete_repository(SLUG) is False
 
 
+def test_a_repository_removed_by_hand_between_the_ownership_check_and_the_rename_is_not_reported_deleted(
+    provider: LocalRepositoryProvider, repos_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider.ensure_repository(SLUG, "Billing API")
+    check_owned_by = provider._check_owned_by
+
+    def checked_then_removed_by_hand(path: Path, slug: str) -> str:
+        branch = check_owned_by(path, slug)
+        shutil.rmtree(path)
+        return branch
+
+    monkeypatch.setattr(provider, "_check_owned_by", checked_then_removed_by_hand)
+    assert provider.delete_repository(SLUG) is False
+    assert entries(repos_dir) == []
+
+
+# ---- races and intruders around the scratch directories -------------------------------------------------------
+
+
+@pytest.mark.parametrize("intruder", ["repository", "file"])
+def test_something_put_in_the_repositorys_place_while_staging_is_never_replaced(
+    provider: LocalRepositoryProvider, repos_dir: Path, monkeypatch: pytest.MonkeyPatch, intruder: str
+) -> None:
+    """Someone else's repository (or a file) appears under the name between the check and the rename."""
+    path = repos_dir / f"{SLUG}.git"
+
+    def someone_else_puts_it_there(name: str) -> None:
+        if name == "create_repository.staged":
+            if intruder == "repository":
+                init_bare(path)
+            else:
+                path.write_text("not a repository\n")
+
+    monkeypatch.setattr(git_activities, "hold_point", someone_else_puts_it_there)
+    with pytest.raises(ApplicationError) as caught:
+        provider.ensure_repository(SLUG, "Billing API")
+    assert caught.value.type == ErrorType.REPOSITORY_CONFLICT
+    assert "is not managed by provisioner" in caught.value.message
+    assert entries(repos_dir) == [f"{SLUG}.git"]  # the staged repository is gone, the intruder untouched
+    assert (path / "HEAD").is_file() if intruder == "repository" else path.read_text() == "not a repository\n"
+
+
+def test_a_scratch_directory_gone_between_finding_it_and_opening_it_is_made_afresh(
+    provider: LocalRepositoryProvider, repos_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`.creating-<slug>` was there at the `mkdir` but its holder renamed it into place before the `open`."""
+    real_mkdir = os.mkdir
+    raced: list[str] = []
+
+    def mkdir(path: str | os.PathLike[str], mode: int = 0o777) -> None:
+        if os.path.basename(path) == f".creating-{SLUG}" and not raced:
+            raced.append(os.fspath(path))
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(path))
+        real_mkdir(path, mode)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    assert provider.ensure_repository(SLUG, "Billing API").created is True
+    assert raced == [str(repos_dir / f".creating-{SLUG}")]
+    assert entries(repos_dir) == [f"{SLUG}.git"]
+
+
+def test_a_call_interrupted_while_waiting_for_the_lock_raises_the_interruption_and_the_retry_takes_over(
+    provider: LocalRepositoryProvider, repos_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Interrupted(Exception):
+        pass
+
+    def flock(fd: int, operation: int) -> None:
+        raise Interrupted
+
+    monkeypatch.setattr(git_activities, "fcntl", types.SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
+    with pytest.raises(Interrupted):
+        provider.ensure_repository(SLUG, "Billing API")
+    assert entries(repos_dir) == [f".creating-{SLUG}"]  # as a killed call leaves it
+    monkeypatch.undo()
+    assert provider.ensure_repository(SLUG, "Billing API").created is True
+    assert entries(repos_dir) == [f"{SLUG}.git"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("scratch", [".creating", ".deleting"])
+def test_a_symbolic_link_in_the_place_of_a_scratch_directory_is_never_followed(
+    provider: LocalRepositoryProvider, repos_dir: Path, tmp_path: Path, scratch: str
+) -> None:
+    """Taking a scratch directory over empties it: through a link that would empty a directory elsewhere."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_text("kept\n")
+    (repos_dir / f"{scratch}-{SLUG}").symlink_to(elsewhere)
+    call = provider.delete_repository if scratch == ".deleting" else lambda slug: provider.ensure_repository(slug, "")
+    with pytest.raises(OSError) as caught:
+        call(SLUG)
+    assert caught.value.errno in (errno.ENOTDIR, errno.ELOOP)  # O_DIRECTORY | O_NOFOLLOW on a link
+    assert (repos_dir / f"{scratch}-{SLUG}").is_symlink()
+    assert os.listdir(elsewhere) == ["precious"]
+
+
 # ---- a second call while the first is still working ----------------------------------------------------------
 
 
@@ -250,6 +350,7 @@ def test_a_second_create_waits_for_the_first_instead_of_clearing_its_staging_dir
     # The first call's repository is still whole in its staging directory, and nothing is served yet.
     assert entries(repos_dir) == [f".creating-{SLUG}"]
     assert (repos_dir / f".creating-{SLUG}" / "description").is_file()
+    assert stat.S_IMODE((repos_dir / f".creating-{SLUG}").stat().st_mode) == 0o700  # and no one else may read it
     paused.released.set()
     assert first.result(DEADLINE_SECONDS).created is True
     assert second.result(DEADLINE_SECONDS).created is False
@@ -281,6 +382,28 @@ from pathlib import Path
 provider = LocalRepositoryProvider(Settings(data_dir=Path(sys.argv[1]), templates_dir=Path(sys.argv[1])))
 getattr(provider, sys.argv[2])(*sys.argv[3:])
 """
+
+
+CREATE_UNDER_THE_C_LOCALE = """
+import sys
+from pathlib import Path
+from activities.git import LocalRepositoryProvider
+from provisioner.settings import Settings
+provider = LocalRepositoryProvider(Settings(data_dir=Path(sys.argv[1]), templates_dir=Path(sys.argv[1])))
+provider.ensure_repository(sys.argv[2], "Z\\u00fcrich API")
+"""
+
+
+def test_the_description_is_written_in_utf8_whatever_the_workers_locale(settings: Settings, repos_dir: Path) -> None:
+    ascii_locale = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    subprocess.run(
+        [sys.executable, "-c", CREATE_UNDER_THE_C_LOCALE, str(settings.data_dir), SLUG],
+        cwd=PROJECT_ROOT,
+        env=ascii_locale,
+        check=True,
+        timeout=60,
+    )
+    assert (repos_dir / f"{SLUG}.git" / "description").read_bytes() == "Z\u00fcrich API\n".encode()
 
 
 def held_at(marker: Path) -> str:
