@@ -110,6 +110,14 @@ class Equivalent:
     function: str  # the mutant name without __mutmut_N
     mutated: str  # the mutated line(s), as `mutmut show` prints them after "+"
     reason: str
+    original: str = ""  # the line(s) it replaces (after "-"): only where `mutated` alone names more than one mutant
+
+    def matches(self, function: str, added: str, removed: str) -> bool:
+        return (
+            self.function == function
+            and _normalized(self.mutated) == added
+            and (not self.original or _normalized(self.original) == removed)
+        )
 
 
 @dataclass
@@ -163,14 +171,20 @@ def load_equivalents() -> list[Equivalent]:
     return [Equivalent(**entry) for entry in document.get("equivalent", [])]
 
 
-def mutated_lines(name: str) -> tuple[str, str]:
-    """The mutant's diff and its added lines, whitespace-normalised (how equivalent.toml names a mutation)."""
+def mutated_lines(name: str) -> tuple[str, str, str]:
+    """The mutant's diff, its added and its removed lines, whitespace-normalised (how equivalent.toml names a
+    mutation)."""
     # `mutmut show` can exit 1 after printing the diff (a crash in its own epilogue): the diff is what counts.
     diff = subprocess.run([str(MUTMUT), "show", name], check=False, capture_output=True, text=True).stdout
     lines = diff.splitlines()
     changed = [line for line in lines if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))]
-    added = " ".join(" ".join(line[1:].split()) for line in changed if line.startswith("+"))
-    return "\n".join(changed), added
+    added = _normalized(" ".join(line[1:] for line in changed if line.startswith("+")))
+    removed = _normalized(" ".join(line[1:] for line in changed if line.startswith("-")))
+    return "\n".join(changed), added, removed
+
+
+def _normalized(code: str) -> str:
+    return " ".join(code.split())
 
 
 def score_areas(
@@ -186,12 +200,9 @@ def score_areas(
             if status in KILLED:
                 score.killed += 1
                 continue
-            diff, added = mutated_lines(name)
+            diff, added, removed = mutated_lines(name)
             function = name.rsplit("__mutmut_", 1)[0]
-            reason = next(
-                (e.reason for e in equivalents if e.function == function and " ".join(e.mutated.split()) == added),
-                None,
-            )
+            reason = next((e.reason for e in equivalents if e.matches(function, added, removed)), None)
             if reason is None:
                 score.survived.append((name, diff, status))
             else:

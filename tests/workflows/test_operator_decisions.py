@@ -8,13 +8,14 @@ moments while the test waits for the result, and in real time while it polls the
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import pytest
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.exceptions import ApplicationError
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from provisioner.contracts import (
@@ -25,15 +26,18 @@ from provisioner.contracts import (
     OperatorDecision,
     Progress,
     ProjectStatus,
+    ProjectUpdate,
     ProvisioningResult,
     ReadinessReport,
     ReadinessState,
     StepName,
     StepState,
+    project_workflow_id,
 )
 from tests.workflows.test_project_init import (
     PROGRESSING,
     READY,
+    REVISION,
     StubSystems,
     assert_written_in_order,
     failure_of,
@@ -43,6 +47,7 @@ from tests.workflows.test_project_init import (
     stubs,
 )
 from workflows.project_init import NOT_AWAITING_DECISION, ProjectInitWorkflow
+from workflows.project_update import ProjectUpdateWorkflow
 
 __all__ = ["stubs"]  # the fixture, shared with test_project_init.py
 
@@ -168,13 +173,24 @@ async def test_abort_rolls_back_the_completed_steps_in_reverse_order(
     assert systems.records[-1].status is ProjectStatus.ROLLED_BACK
     assert "wrong path" in systems.records[-1].last_message
     assert failure.type == ErrorType.FLUX_STALLED.value and "aborted" in failure.message
+    # What the record, the run's failure and its progress tell: what failed, what was undone, and why.
+    stalled = f"Flux reports Stalled for {REVISION}: InvalidPath: path is absolute"
+    repository = "the repository is deleted" if delete_repository else "the repository is kept"
+    outcome = f"rolled back: cluster resources removed; {repository}"
+    assert systems.records[-1].last_message == f"await_ready failed: {stalled}; {outcome} (abort: wrong path)"
+    assert failure.message == f"await_ready failed: {stalled} (aborted; {outcome})"
     progress = await handle.query(ProjectInitWorkflow.progress)
     states = steps_of(progress)
-    assert progress.status is ProjectStatus.FAILED
+    assert progress.status is ProjectStatus.FAILED and progress.message == failure.message
     assert states[StepName.DELETE_FLUX_RESOURCES] is StepState.SUCCEEDED
     assert states[StepName.AWAIT_DELETION] is StepState.SUCCEEDED
     assert states[StepName.MARK_FAILED] is StepState.SUCCEEDED
     assert states[StepName.DELETE_REPOSITORY] is (StepState.SUCCEEDED if delete_repository else StepState.SKIPPED)
+    slug = systems.records[-1].slug
+    messages = {step.name: step.message for step in progress.steps}
+    assert messages[StepName.MARK_FAILED] == f"record {slug} marked rolled_back"
+    kept = "kept, as the failure policy says"
+    assert messages[StepName.DELETE_REPOSITORY] == (f"deleted repository {slug}" if delete_repository else kept)
 
 
 @pytest.mark.parametrize("delete_repository", [False, True])
@@ -203,9 +219,14 @@ async def test_an_abort_after_the_push_failed_rolls_back_the_record_and_the_repo
     assert ("the repository is deleted" if delete_repository else "the repository is kept") in final.last_message
     assert final.repo_url is not None and final.commit_sha is None
     assert failure.type == ErrorType.GIT_HOST_REJECTED.value and "aborted" in failure.message
+    # Nothing was applied, so the outcome names no cluster resources.
+    outcome = "rolled back: " + ("the repository is deleted" if delete_repository else "the repository is kept")
+    refused = "the Git host refused: 403 Forbidden"
+    assert final.last_message == f"push_template failed: {refused}; {outcome} (abort: wrong host)"
+    assert failure.message == f"push_template failed: {refused} (aborted; {outcome})"
     progress = await handle.query(ProjectInitWorkflow.progress)
     states = steps_of(progress)
-    assert progress.status is ProjectStatus.FAILED
+    assert progress.status is ProjectStatus.FAILED and progress.message == failure.message
     assert states[StepName.PUSH_TEMPLATE] is StepState.FAILED
     assert states[StepName.APPLY_FLUX_RESOURCES] is StepState.PENDING
     assert StepName.DELETE_FLUX_RESOURCES not in states and StepName.AWAIT_DELETION not in states
@@ -371,3 +392,127 @@ async def test_the_token_stays_the_same_across_the_retries_of_one_apply(
     assert len(systems.apply_requests) == 3 and len(tokens) == 1
     [check] = systems.readiness_requests
     assert {check.requested_at} == tokens
+
+
+async def activity_summaries(handle: ProvisioningHandle, env: WorkflowEnvironment) -> list[str]:
+    """The summaries the Temporal UI shows for the activities the run scheduled, in order."""
+    converter = env.client.data_converter.payload_converter
+    return [
+        converter.from_payloads([event.user_metadata.summary])[0]
+        async for event in handle.fetch_history_events()
+        if event.HasField("activity_task_scheduled_event_attributes")
+    ]
+
+
+async def test_a_failed_rollback_ends_the_record_failed_with_what_went_wrong(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    """A rollback that fails itself stops there: the record says failed (the slug stays taken: something may be
+    left), and the run's failure names both the failure and where the rollback stopped."""
+    systems, task_queue = stubs
+    systems.readiness = lambda poll: ReadinessReport(ReadinessState.FAILED, "InvalidPath", "path is absolute")
+    systems.failures["delete_flux_resources"] = [
+        ApplicationError("the cluster refused: forbidden", type=ErrorType.CLUSTER_REJECTED.value, non_retryable=True)
+    ]
+    handle = await start(time_skipping_env, task_queue, make_spec(on_failure=FailurePolicy(timedelta(0))))
+    failure = await failure_of(handle)
+
+    assert systems.calls[-3:] == ["check_flux_readiness", "delete_flux_resources", "upsert_project_record"]
+    stalled = f"Flux reports Stalled for {REVISION}: InvalidPath: path is absolute"
+    outcome = "rollback failed at delete_flux_resources: the cluster refused: forbidden"
+    assert [record.status for record in systems.records] == [ProjectStatus.PROVISIONING, ProjectStatus.FAILED]
+    assert systems.records[-1].last_message == f"await_ready failed: {stalled}; {outcome}"
+    assert failure.type == ErrorType.FLUX_STALLED.value
+    assert failure.message == f"await_ready failed: {stalled} (aborted; {outcome})"
+    progress = await handle.query(ProjectInitWorkflow.progress)
+    assert progress.status is ProjectStatus.FAILED and progress.message == failure.message
+    states = steps_of(progress)
+    assert states[StepName.DELETE_FLUX_RESOURCES] is StepState.FAILED
+    assert states[StepName.MARK_FAILED] is StepState.PENDING and states[StepName.DELETE_REPOSITORY] is StepState.PENDING
+    # The record write outside the step list is named in the Temporal UI by the status it records.
+    assert (await activity_summaries(handle, time_skipping_env))[-1] == "Record the status failed"
+
+
+async def test_an_aborted_update_keeps_the_project_and_records_the_failure(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    """An update changes a live project: its abort deletes nothing (not even with delete_repository_on_abort) and
+    leaves the record failed, not rolled back (the slug still holds the project)."""
+    systems, task_queue = stubs
+    systems.readiness = lambda poll: ReadinessReport(ReadinessState.FAILED, "InvalidPath", "path is absolute")
+    slug = make_spec().slug
+    policy = FailurePolicy(decision_timeout=timedelta(0), delete_repository_on_abort=True)
+    change = ProjectUpdate(slug=slug, parameters={"owner": "ledger"}, on_failure=policy)
+    handle = await time_skipping_env.client.start_workflow(
+        ProjectUpdateWorkflow.run, change, id=project_workflow_id(slug), task_queue=task_queue
+    )
+    failure = await failure_of(handle)
+
+    assert systems.calls[-2:] == ["check_flux_readiness", "upsert_project_record"]
+    assert not {"delete_flux_resources", "check_flux_deletion", "delete_repository"} & set(systems.calls)
+    assert [record.status for record in systems.records] == [ProjectStatus.UPDATING, ProjectStatus.FAILED]
+    stalled = f"Flux reports Stalled for {REVISION}: InvalidPath: path is absolute"
+    outcome = "update aborted: the project keeps its resources and its repository"
+    decided = "abort: the failure policy decides at once"
+    assert systems.records[-1].last_message == f"await_ready failed: {stalled}; {outcome} ({decided})"
+    assert failure.type == ErrorType.FLUX_STALLED.value
+    assert failure.message == f"await_ready failed: {stalled} (aborted; {outcome})"
+    progress = await handle.query(ProjectUpdateWorkflow.progress)
+    assert progress.status is ProjectStatus.FAILED and progress.message == failure.message
+    states = steps_of(progress)
+    assert states[StepName.MARK_FAILED] is StepState.SUCCEEDED
+    assert not {StepName.DELETE_FLUX_RESOURCES, StepName.AWAIT_DELETION, StepName.DELETE_REPOSITORY} & set(states)
+    mark_failed = next(step for step in progress.steps if step.name is StepName.MARK_FAILED)
+    assert mark_failed.message == f"record {slug} marked failed"
+
+
+async def test_a_failure_the_record_cannot_show_is_logged_and_the_run_still_ends(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Showing a failure in the record is best effort: a refused write is logged as a warning, and the run ends
+    failed as it would have."""
+    systems, task_queue = stubs
+    systems.failures["apply_flux_resources"] = [REJECTED]
+
+    async def refuse_after_the_claim(call: int) -> None:
+        if call > 1:
+            raise ApplicationError("the database is read-only", non_retryable=True)
+
+    systems.holds["upsert_project_record"] = refuse_after_the_claim
+    spec = make_spec(on_failure=FailurePolicy(timedelta(0), FailureAction.LEAVE))
+    with caplog.at_level(logging.WARNING, logger="temporalio.workflow"):
+        failure = await run_to_failure(time_skipping_env, task_queue, spec)
+
+    assert failure.type == ErrorType.CLUSTER_REJECTED.value
+    assert systems.calls.count("upsert_project_record") == 2 and len(systems.records) == 1
+    [warning] = [record for record in caplog.records if record.name == "temporalio.workflow"]
+    assert warning.levelno == logging.WARNING
+    assert warning.getMessage().startswith(f"could not record failed for {spec.slug}: Activity task failed")
+
+
+async def test_a_run_cancelled_while_recording_a_failure_ends_cancelled(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    """The best-effort record write swallows a failed write, never the run's cancellation."""
+    systems, task_queue = stubs
+    systems.failures["apply_flux_resources"] = [REJECTED]
+    recording, released = asyncio.Event(), asyncio.Event()
+
+    async def hold_the_failure_record(call: int) -> None:
+        if call > 1:
+            recording.set()
+            await released.wait()
+
+    systems.holds["upsert_project_record"] = hold_the_failure_record
+    spec = make_spec(on_failure=FailurePolicy(timedelta(0), FailureAction.LEAVE))
+    handle = await start(time_skipping_env, task_queue, spec)
+
+    try:
+        await asyncio.wait_for(recording.wait(), timeout=20)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as raised:
+            await handle.result()
+    finally:
+        released.set()
+    assert isinstance(raised.value.cause, CancelledError)
+    assert (await handle.describe()).status is WorkflowExecutionStatus.CANCELED

@@ -25,9 +25,12 @@ from provisioner.contracts import (
     FluxDeletionRequest,
     FluxDeletionResult,
     KubeObjectRef,
+    ProjectIdentity,
+    ProjectOperation,
     ProjectRecordUpdate,
     ProjectSpec,
     ProjectStatus,
+    ProjectUpdate,
     ProvisioningResult,
     PushRequest,
     PushResult,
@@ -40,9 +43,13 @@ from provisioner.contracts import (
     RepositoryInfo,
     StepName,
     StepState,
+    StoredProject,
+    project_workflow_id,
 )
+from provisioner.telemetry import AWAITING_READY_RUNS
 from worker import DETERMINISM_GUARD_RUNNER
 from workflows.project_init import ProjectInitWorkflow, ready_poll_maximum_interval
+from workflows.project_update import ProjectUpdateWorkflow
 
 COMMIT = "a" * 40
 REVISION = f"main@sha1:{COMMIT}"
@@ -62,8 +69,16 @@ class StubSystems:
     readiness_polls: int = 0
     readiness_requests: list[ReadinessRequest] = field(default_factory=list)
     apply_requests: list[FluxApplyRequest] = field(default_factory=list)
+    push_requests: list[PushRequest] = field(default_factory=list)
     # Awaited by the named activity on its n-th call (1-based), before it does anything: holds it in flight.
     holds: dict[str, Callable[[int], Awaitable[None]]] = field(default_factory=dict)
+    # What create_repository and push_template answer: a repository made (not found) and a commit pushed (not a no-op).
+    repository_created: bool = True
+    pushed: bool = True
+    # What read_project_record finds (an update's first step): every slug is a live web-service project.
+    stored_identity: ProjectIdentity = field(
+        default_factory=lambda: ProjectIdentity("Billing API", "web-service", "development", {"owner": "payments"})
+    )
 
     async def _enter(self, name: str) -> None:
         self.calls.append(name)
@@ -84,12 +99,13 @@ class StubSystems:
     @activity.defn(name="create_repository")
     async def create_repository(self, spec: ProjectSpec) -> RepositoryInfo:
         await self._enter("create_repository")
-        return RepositoryInfo(spec.slug, f"http://git.test/{spec.slug}.git", "main", True)
+        return RepositoryInfo(spec.slug, f"http://git.test/{spec.slug}.git", "main", self.repository_created)
 
     @activity.defn(name="push_template")
     async def push_template(self, request: PushRequest) -> PushResult:
+        self.push_requests.append(request)
         await self._enter("push_template")
-        return PushResult(COMMIT, "main", True)
+        return PushResult(COMMIT, "main", self.pushed)
 
     @activity.defn(name="upsert_project_record")
     async def upsert_project_record(self, update: ProjectRecordUpdate) -> None:
@@ -120,6 +136,11 @@ class StubSystems:
             report = replace(report, revision=request.revision, expected_revision=request.revision)
         return report
 
+    @activity.defn(name="read_project_record")
+    async def read_project_record(self, slug: str) -> StoredProject | None:
+        await self._enter("read_project_record")
+        return StoredProject(slug, ProjectStatus.READY, self.stored_identity, COMMIT)
+
     # What the rollback of an aborted run calls
     @activity.defn(name="delete_flux_resources")
     async def delete_flux_resources(self, request: FluxDeletionRequest) -> FluxDeletionResult:
@@ -147,6 +168,7 @@ class StubSystems:
             self.delete_flux_resources,
             self.check_flux_deletion,
             self.delete_repository,
+            self.read_project_record,
         ]
 
 
@@ -158,7 +180,7 @@ async def stubs(time_skipping_env: WorkflowEnvironment) -> AsyncIterator[tuple[S
     async with Worker(
         time_skipping_env.client,
         task_queue=task_queue,
-        workflows=[ProjectInitWorkflow],
+        workflows=[ProjectInitWorkflow, ProjectUpdateWorkflow],
         activities=systems.all(),
         workflow_runner=DETERMINISM_GUARD_RUNNER,
         # A bug in the workflow code fails the run at once (the worker would retry its task for ever), so a test
@@ -189,7 +211,7 @@ async def run_to_failure(env: WorkflowEnvironment, task_queue: str, spec: Projec
     return await failure_of(await start(env, task_queue, spec))
 
 
-async def failure_of(handle: WorkflowHandle[ProjectInitWorkflow, ProvisioningResult]) -> ApplicationError:
+async def failure_of(handle: WorkflowHandle[Any, ProvisioningResult]) -> ApplicationError:
     with pytest.raises(WorkflowFailureError) as raised:
         await handle.result()
     cause = raised.value.cause
@@ -231,11 +253,74 @@ async def test_runs_every_step_in_order_and_reports_ready(
     # Ready names exactly the pushed commit, everywhere.
     assert final.applied_revision == result.applied_revision == result.progress.applied_revision == REVISION
     assert result.progress.commit_sha == COMMIT and REVISION in result.message
+    # What the user is told: the run's outcome, and what each step did.
+    assert result.message == result.progress.message == f"Flux reports Ready: applied {REVISION}"
+    assert claim.last_message == "create started from template web-service" and final.last_message == result.message
+    assert (result.slug, result.namespace, result.repo_url) == (spec.slug, spec.namespace, final.repo_url)
+    assert result.operation is ProjectOperation.CREATE and result.readiness is not None
+    assert result.readiness.revision == REVISION and result.readiness.state is ReadinessState.READY
+    ns = spec.namespace
+    assert {s.name: s.message for s in result.progress.steps} == {
+        StepName.VALIDATE_TEMPLATE: "7 files render; kustomization found at k8s/overlays/development",
+        StepName.PERSIST_RECORD: f"record {spec.slug} saved as provisioning",
+        StepName.CREATE_REPOSITORY: f"created: http://git.test/{spec.slug}.git",
+        StepName.PUSH_TEMPLATE: "pushed main@aaaaaaaaaaaa",
+        StepName.APPLY_FLUX_RESOURCES: f"applied Namespace/{ns}, GitRepository/{ns}, Kustomization/{ns}",
+        StepName.AWAIT_READY: f"Ready: Applied revision: {REVISION}",
+        StepName.FINALIZE_RECORD: f"record {spec.slug} marked ready",
+    }
+    # The push and the apply are asked for exactly what the earlier steps produced.
+    [push] = systems.push_requests
+    assert push.spec == spec and push.repository.clone_url == final.repo_url
     [apply] = systems.apply_requests
+    assert (apply.spec, apply.repository, apply.commit_sha) == (spec, push.repository, COMMIT)
+    assert apply.kustomize_path == "k8s/overlays/development"
     [check] = systems.readiness_requests
     assert (check.revision, check.requested_at) == (REVISION, apply.requested_at) and apply.requested_at
     queried = await handle.query(ProjectInitWorkflow.progress)
     assert queried.status is ProjectStatus.READY and queried.percent == 100
+
+
+async def test_a_repository_found_and_a_push_with_nothing_new_say_so(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    """A repository that already exists, and a template already pushed, are reported as found, not as made."""
+    systems, task_queue = stubs
+    systems.repository_created = False
+    systems.pushed = False
+    spec = make_spec()
+    result = await (await start(time_skipping_env, task_queue, spec)).result()
+
+    assert result.status is ProjectStatus.READY
+    messages = {s.name: s.message for s in result.progress.steps}
+    assert messages[StepName.CREATE_REPOSITORY] == f"already present: http://git.test/{spec.slug}.git"
+    assert messages[StepName.PUSH_TEMPLATE] == "already up to date at main@aaaaaaaaaaaa"
+
+
+async def test_an_update_runs_the_same_steps_and_says_it_was_an_update(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    """An update of a live project: the record is marked `updating` (no claim: the project holds the slug), and the
+    result, its progress and the record name the operation."""
+    systems, task_queue = stubs
+    slug = make_spec().slug
+    change = ProjectUpdate(slug=slug, parameters={"owner": "ledger"})
+    result = await (
+        await time_skipping_env.client.start_workflow(
+            ProjectUpdateWorkflow.run, change, id=project_workflow_id(slug), task_queue=task_queue
+        )
+    ).result()
+
+    assert systems.calls == ["read_project_record", *STEP_ORDER]
+    assert result.status is ProjectStatus.READY and result.applied_revision == REVISION
+    assert result.operation is result.progress.operation is ProjectOperation.UPDATE
+    started, final = systems.records
+    assert (started.status, started.claim, started.operation) == (ProjectStatus.UPDATING, False, "update")
+    assert started.last_message == "update started from template web-service"
+    assert started.parameters == {"owner": "ledger", "replicas": 1}
+    assert final.status is ProjectStatus.READY and final.operation == "update"
+    persist = next(step for step in result.progress.steps if step.name is StepName.PERSIST_RECORD)
+    assert persist.message == f"record {slug} saved as updating"
 
 
 async def test_percent_stays_below_100_until_ready(
@@ -265,6 +350,34 @@ async def test_percent_stays_below_100_until_ready(
     assert result.status is ProjectStatus.READY and result.progress.percent == 100
 
 
+async def test_runs_waiting_for_ready_are_counted_each_while_they_wait(
+    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
+) -> None:
+    """The gauge of runs awaiting Ready counts each run by its id: two waiting runs are two, and none once done."""
+    systems, task_queue = stubs
+    released = asyncio.Event()
+    systems.readiness = lambda poll: READY if released.is_set() else PROGRESSING
+    before = len(AWAITING_READY_RUNS)
+    handles = [await start(time_skipping_env, task_queue, make_spec()) for _ in range(2)]
+
+    async def both_waiting() -> None:
+        while True:
+            checked = {request.name for request in systems.readiness_requests}
+            if len(checked) == 2:
+                return
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(both_waiting(), timeout=20)
+        waiting = len(AWAITING_READY_RUNS) - before
+    finally:
+        released.set()
+    assert waiting == 2
+    for handle in handles:
+        assert (await handle.result()).status is ProjectStatus.READY
+    assert len(AWAITING_READY_RUNS) == before
+
+
 async def test_without_waiting_skips_the_ready_step(
     time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
 ) -> None:
@@ -278,6 +391,10 @@ async def test_without_waiting_skips_the_ready_step(
     assert steps[StepName.AWAIT_READY].state is StepState.SKIPPED
     assert result.progress.percent == 100
     assert systems.records[-1].status is ProjectStatus.PROVISIONED
+    assert steps[StepName.AWAIT_READY].message == "not requested"
+    message = "main@aaaaaaaaaaaa pushed and the resources exist; readiness was not awaited"
+    assert result.message == result.progress.message == systems.records[-1].last_message == message
+    assert result.readiness is None and result.applied_revision == "" and systems.records[-1].applied_revision is None
 
 
 async def test_transient_failures_are_retried_and_visible(
@@ -322,22 +439,32 @@ async def test_invalid_input_fails_without_calling_any_activity(
     time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
 ) -> None:
     systems, task_queue = stubs
-    failure = await run_to_failure(
-        time_skipping_env, task_queue, make_spec(slug="Bad_Slug", ready_timeout=timedelta(hours=2))
-    )
+    handle = await start(time_skipping_env, task_queue, make_spec(slug="Bad_Slug", ready_timeout=timedelta(hours=2)))
+    failure = await failure_of(handle)
     assert failure.type == ErrorType.INVALID_INPUT.value
-    assert "slug" in failure.message and "ready_timeout" in failure.message
+    assert failure.message == (
+        "validate_template failed: invalid project request: slug: must consist of lower case letters, digits or '-', "
+        "start with a letter and end with a letter or digit (e.g. 'billing-api'); "
+        "ready_timeout: must be between 1 s and 30 min"
+    )
     assert systems.calls == []
+    progress = await handle.query(ProjectInitWorkflow.progress)
+    validate = next(step for step in progress.steps if step.name is StepName.VALIDATE_TEMPLATE)
+    assert validate.state is StepState.FAILED and validate.attempt == 1
+    assert progress.status is ProjectStatus.FAILED
+    assert f"validate_template failed: {validate.message}" == failure.message
 
 
 async def test_ready_timeout_ends_as_not_ready_with_the_flux_reason(
     time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
 ) -> None:
     systems, task_queue = stubs
+    # Flux still names the revision it applied before (another commit): not the one this run pushed.
     missing_path = ReadinessReport(
         ReadinessState.IN_PROGRESS,
         "ArtifactFailed",
         "kustomization path not found: stat /tmp/kustomization-1/k8s/overlays/development: no such file or directory",
+        revision=f"main@sha1:{'b' * 40}",
     )
     systems.readiness = lambda poll: missing_path
     spec = make_spec(ready_timeout=timedelta(minutes=2))
@@ -351,6 +478,11 @@ async def test_ready_timeout_ends_as_not_ready_with_the_flux_reason(
     assert result.progress.percent < 100
     assert systems.records[-1].status is ProjectStatus.NOT_READY
     assert "kustomization path not found" in systems.records[-1].last_message
+    message = f"main@aaaaaaaaaaaa pushed, but Flux is not Ready for it: ArtifactFailed: {missing_path.message}"
+    assert result.message == result.progress.message == systems.records[-1].last_message == message
+    # Not Ready for this commit: no revision is named anywhere, not even the one Flux applied before.
+    assert result.applied_revision == result.progress.applied_revision == ""
+    assert systems.records[-1].applied_revision is None
     # Polled with backoff across the whole bound, not once and not in a tight loop.
     assert 5 <= systems.readiness_polls <= 40
 
