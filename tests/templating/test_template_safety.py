@@ -560,6 +560,20 @@ def test_a_source_larger_than_what_is_left_of_the_budget_renders_when_its_output
     assert tree.files["b.txt"] == b""
 
 
+def test_a_single_source_of_exactly_the_bound_is_read_whole_and_renders(tmp_path: Path) -> None:
+    # The kustomization is the only source, padded by a comment to the bound: read one byte short, the comment
+    # would not close; and a source as large as the bound has not grown past it.
+    limit = 400
+    padding = "{# " + "c" * (limit - len(MINIMAL_KUSTOMIZATION) - len("{#  #}")) + " #}"
+    source = MINIMAL_KUSTOMIZATION + padding
+    assert len(source.encode()) == limit
+    write_template(tmp_path, "exact", {"kustomization.yaml": source})
+
+    tree = render_project(custom_spec("exact"), tmp_path, RenderLimits(max_total_bytes=limit))
+
+    assert tree.files == {"kustomization.yaml": MINIMAL_KUSTOMIZATION.encode()}
+
+
 def test_a_source_grown_past_the_bound_since_the_scan_is_refused_as_too_large(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
