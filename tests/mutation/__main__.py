@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import io
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tokenize
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -178,9 +180,21 @@ def mutated_lines(name: str) -> tuple[str, str, str]:
     diff = subprocess.run([str(MUTMUT), "show", name], check=False, capture_output=True, text=True).stdout
     lines = diff.splitlines()
     changed = [line for line in lines if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))]
-    added = _normalized(" ".join(line[1:] for line in changed if line.startswith("+")))
-    removed = _normalized(" ".join(line[1:] for line in changed if line.startswith("-")))
+    added = _normalized(" ".join(_code_of(line[1:]) for line in changed if line.startswith("+")))
+    removed = _normalized(" ".join(_code_of(line[1:]) for line in changed if line.startswith("-")))
     return "\n".join(changed), added, removed
+
+
+def _code_of(line: str) -> str:
+    """A source line without its comment, which says nothing about the mutation (and may change with no mutant)."""
+    code = line.strip()
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(code).readline):
+            if token.type == tokenize.COMMENT:
+                return code[: token.start[1]]
+    except (tokenize.TokenError, SyntaxError):  # a line of a longer statement: its tokens so far were read
+        pass
+    return code
 
 
 def _normalized(code: str) -> str:
