@@ -31,7 +31,7 @@ test: lint typecheck
 test-chaos: $(STAMP)
 	$(BIN)/pytest -m chaos
 
-# Mutation testing of the promise-carrying code (tests/mutation; about 20 minutes on 2 cores, not run by CI).
+# Mutation testing of the promise-carrying code (tests/mutation; about 2 h 20 min on 2 cores, not run by CI).
 test-mutation: $(STAMP)
 	$(BIN)/python -m tests.mutation
 
