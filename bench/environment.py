@@ -32,11 +32,11 @@ from types import TracebackType
 
 from temporalio.client import Client
 
+from kubesim.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.binaries import bundled_binary
 from provisioner.contracts import SEARCH_ATTRIBUTES
 from provisioner.db.engine import migrate
 from provisioner.gitserver import GitHttpServer
-from provisioner.sandbox.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.settings import PROJECT_ROOT, Secret, Settings
 from provisioner.stack import free_port
 from provisioner.temporal import DATA_CONVERTER

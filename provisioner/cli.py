@@ -12,7 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 from rich.console import Console
@@ -39,6 +39,9 @@ from provisioner.contracts import (
 )
 from provisioner.progress_view import render_progress
 from provisioner.settings import Settings
+
+if TYPE_CHECKING:
+    from provisioner.stack import EmbeddedStack
 
 console = Console()
 T = TypeVar("T")
@@ -371,14 +374,14 @@ def worker() -> None:
 @async_command
 async def demo(slug: str, template: str, params: tuple[str, ...]) -> None:
     """Start the embedded stack, provision one project with live progress, show what was made, and stop."""
-    from provisioner.sandbox.cluster import FluxSimulatorConfig
-    from provisioner.stack import EmbeddedStack
+    embedded_stack = _embedded_stack()
+    from kubesim.cluster import FluxSimulatorConfig
 
     settings = Settings.from_env()
     log_file = _log_to_file(settings.data_dir)
     console.print(f"Logs of the worker and the embedded services: {log_file}")
     # The simulator answers after a short pause so that the wait for Ready is visible, as it is on a real cluster.
-    async with EmbeddedStack(settings, flux=FluxSimulatorConfig(reconcile_delay=1.0)) as stack:
+    async with embedded_stack(settings, flux=FluxSimulatorConfig(reconcile_delay=1.0)) as stack:
         _print_urls(stack)
         assert stack.client is not None
         pclient = ProvisionerClient.from_settings(stack.client, stack.settings)
@@ -404,8 +407,8 @@ async def up(api_port: int) -> None:
     """
     from provisioner.api.app import api_server, create_app
     from provisioner.api.auth import tokens_from_env
-    from provisioner.stack import EmbeddedStack
 
+    embedded_stack = _embedded_stack()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -413,7 +416,7 @@ async def up(api_port: int) -> None:
     settings = Settings.from_env()
     console.print(f"Logs: {_log_to_file(settings.data_dir)}")
     tokens = tokens_from_env() or frozenset({_local_api_token(settings.data_dir)})
-    async with EmbeddedStack(settings) as stack:
+    async with embedded_stack(settings) as stack:
         app = create_app(stack.settings, client=stack.client, tokens=tokens)
         server = api_server(app, "127.0.0.1", api_port, handle_signals=False)  # Ctrl-C is this process's
         api = asyncio.create_task(server.serve(), name="api")
@@ -426,6 +429,19 @@ async def up(api_port: int) -> None:
         console.print("stopping…")
         server.should_exit = True
         await api
+
+
+def _embedded_stack() -> type[EmbeddedStack]:
+    """The embedded stack, which runs the sandbox cluster: refused clearly where the `sandbox` extra is missing (as in
+    the runtime image, which holds neither kubesim/ nor the binaries)."""
+    try:
+        from provisioner.stack import EmbeddedStack
+    except ModuleNotFoundError as missing:
+        raise CliError(
+            f"the embedded stack needs the sandbox (missing module {missing.name!r}): "
+            "install the project with its `sandbox` extra, e.g. `make up` from a checkout"
+        ) from None
+    return EmbeddedStack
 
 
 def _local_api_token(data_dir: Path) -> str:

@@ -21,12 +21,12 @@ from kubernetes.client.exceptions import ApiException
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from kubesim.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.catalog import ProjectCatalog
 from provisioner.client import ProvisionerClient
 from provisioner.contracts import ProjectSpec
 from provisioner.db import migrate
 from provisioner.gitserver import GitHttpServer
-from provisioner.sandbox.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.settings import Secret, Settings
 from tests.catalogue import catalogue_with_broken_template
 from tests.postgres import temporary_postgres_database

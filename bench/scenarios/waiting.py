@@ -33,9 +33,9 @@ from bench.report import Row, ScenarioResult, Target, seconds, top_cpu
 from bench.runs import ProvisionRun
 from bench.scenarios.context import BenchContext, failure_note, failures
 from bench.stats import Summary
+from kubesim.flux_simulator import FluxSimulator
 from provisioner.client import ProvisionerClient, ProvisioningHandle
 from provisioner.contracts import ProjectSpec
-from provisioner.sandbox.flux_simulator import FluxSimulator
 
 RSS_LIMIT_MB = 300.0
 QUERY_P95_LIMIT_SECONDS = 0.050

@@ -18,8 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from activities.flux import FluxActivities
+from kubesim.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.contracts import FluxApplyRequest, FluxDeletionRequest, ProjectSpec, ReadinessRequest, RepositoryInfo
-from provisioner.sandbox.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.settings import Secret, Settings
 from tests.deploy.artefacts import KUBERNETES_DIR, REPO_ROOT, load_yaml_documents
 

@@ -11,6 +11,7 @@ import pytest
 from kubernetes import client as kube
 
 from activities.flux import FluxActivities
+from kubesim.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.contracts import (
     FluxApplyRequest,
     ObjectReadiness,
@@ -21,7 +22,6 @@ from provisioner.contracts import (
     RepositoryInfo,
 )
 from provisioner.gitserver import GitHttpServer
-from provisioner.sandbox.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.settings import Settings
 from tests.git.conftest import git, init_bare
 

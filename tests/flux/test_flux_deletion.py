@@ -12,6 +12,7 @@ from kubernetes import client as kube
 from temporalio.exceptions import ApplicationError
 
 from activities.flux import FluxActivities
+from kubesim.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.contracts import (
     DeletionReport,
     ErrorType,
@@ -20,7 +21,6 @@ from provisioner.contracts import (
     ProjectSpec,
     RepositoryInfo,
 )
-from provisioner.sandbox.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.settings import Settings
 
 KUSTOMIZATION = ("kustomize.toolkit.fluxcd.io", "v1", "kustomizations")

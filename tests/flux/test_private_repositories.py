@@ -17,6 +17,7 @@ from kubernetes import client as kube
 from temporalio.exceptions import ApplicationError
 
 from activities.flux import GIT_CREDENTIALS_SECRET, FluxActivities
+from kubesim.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.contracts import (
     ErrorType,
     FluxApplyRequest,
@@ -27,7 +28,6 @@ from provisioner.contracts import (
     RepositoryInfo,
 )
 from provisioner.gitserver import GitHttpServer
-from provisioner.sandbox.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.settings import Secret, Settings
 from provisioner.temporal import DATA_CONVERTER
 from tests.git.conftest import git, init_bare

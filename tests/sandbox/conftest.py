@@ -16,7 +16,7 @@ from dulwich.server import FileSystemBackend
 from dulwich.web import make_wsgi_chain
 from kubernetes import client
 
-from provisioner.sandbox import FluxSimulatorConfig, SandboxCluster
+from kubesim import FluxSimulatorConfig, SandboxCluster
 
 T = TypeVar("T")
 

@@ -16,8 +16,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from provisioner.sandbox import FluxSimulatorConfig, SandboxCluster
-from provisioner.sandbox.store import NAMESPACES
+from kubesim import FluxSimulatorConfig, SandboxCluster
+from kubesim.store import NAMESPACES
 from tests.sandbox.conftest import FLUX_KUSTOMIZE, FLUX_SOURCE, Kube, as_object, wait_for
 
 APPLY = "application/apply-patch+yaml"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from provisioner.sandbox import FluxSimulatorConfig, SandboxCluster
+from kubesim import FluxSimulatorConfig, SandboxCluster
 from tests.sandbox.conftest import Kube
 
 TEMPLATE = {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}

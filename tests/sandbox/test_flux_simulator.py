@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from provisioner.sandbox import FluxSimulatorConfig, SandboxCluster
-from provisioner.sandbox.flux_simulator import go_duration, parse_duration
-from provisioner.sandbox.store import KUSTOMIZATIONS
+from kubesim import FluxSimulatorConfig, SandboxCluster
+from kubesim.flux_simulator import go_duration, parse_duration
+from kubesim.store import KUSTOMIZATIONS
 from tests.sandbox.conftest import FLUX_KUSTOMIZE, FLUX_SOURCE, GitServer, Kube, wait_for
 
 OVERLAY = "k8s/overlays/development"
@@ -470,7 +470,7 @@ def test_many_held_kustomizations_cost_no_threads(git_server: GitServer, count: 
     with SandboxCluster(flux=FluxSimulatorConfig(workers=2)) as cluster:
         cluster.flux.hold()
         store = cluster.store
-        from provisioner.sandbox.store import GIT_REPOSITORIES, KUSTOMIZATIONS, NAMESPACES
+        from kubesim.store import GIT_REPOSITORIES, KUSTOMIZATIONS, NAMESPACES
 
         store.create(NAMESPACES, None, {"metadata": {"name": "many"}})
         store.create(GIT_REPOSITORIES, "many", {

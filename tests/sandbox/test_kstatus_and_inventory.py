@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from provisioner.sandbox import kstatus
-from provisioner.sandbox.kustomize_apply import ObjMeta, sort_key, wait_error
-from provisioner.sandbox.workloads import deployment_status
+from kubesim import kstatus
+from kubesim.kustomize_apply import ObjMeta, sort_key, wait_error
+from kubesim.workloads import deployment_status
 
 
 def deployment(replicas: int = 2, generation: int = 1, status: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -7,8 +7,8 @@ import json
 import subprocess
 from pathlib import Path
 
+from kubesim.cluster import FluxSimulatorConfig, SandboxCluster
 from provisioner.binaries import bundled_binary
-from provisioner.sandbox.cluster import FluxSimulatorConfig, SandboxCluster
 
 # The sandbox speaks JSON and YAML only (kubectl's `create` of built-in kinds sends protobuf), so everything goes
 # through server-side apply, as GitOps tooling does. It serves no OpenAPI document, hence --validate=false.

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from kubesim import FluxSimulatorConfig, SandboxCluster
+from kubesim.store import ResourceKind
 from provisioner.binaries import bundled_binary
-from provisioner.sandbox import FluxSimulatorConfig, SandboxCluster
-from provisioner.sandbox.store import ResourceKind
 from tests.sandbox.conftest import FLUX_KUSTOMIZE, FLUX_SOURCE, Kube, wait_for
 
 READY_MESSAGE = "Applied revision: main@sha1:0123456789abcdef0123456789abcdef01234567"

@@ -12,9 +12,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from kubesim import FluxSimulatorConfig, SandboxCluster
 from provisioner.binaries import bundled_binary
 from provisioner.contracts import ProjectSpec
-from provisioner.sandbox import FluxSimulatorConfig, SandboxCluster
 from provisioner.settings import PROJECT_ROOT
 from provisioner.templating import render_project
 from tests.sandbox.conftest import FLUX_KUSTOMIZE, FLUX_SOURCE, GitServer, Kube, wait_for

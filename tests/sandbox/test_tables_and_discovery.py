@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from provisioner.sandbox import FluxSimulatorConfig, SandboxCluster
-from provisioner.sandbox.printers import human_duration
-from provisioner.sandbox.store import ResourceKind
+from kubesim import FluxSimulatorConfig, SandboxCluster
+from kubesim.printers import human_duration
+from kubesim.store import ResourceKind
 from tests.sandbox.conftest import FLUX_KUSTOMIZE, FLUX_SOURCE, Kube
 
 # What kubectl get sends (its transformRequests).

@@ -15,7 +15,7 @@ import pytest
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
-from provisioner.sandbox import FluxSimulatorConfig, SandboxCluster
+from kubesim import FluxSimulatorConfig, SandboxCluster
 from tests.sandbox.conftest import FLUX_KUSTOMIZE, Kube, as_object, wait_for
 
 KS_PATH = "/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/{ns}/kustomizations"

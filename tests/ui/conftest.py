@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from provisioner.sandbox.cluster import FluxSimulatorConfig
+from kubesim.cluster import FluxSimulatorConfig
 from provisioner.settings import Secret, Settings
 from provisioner.stack import EmbeddedStack, StackPorts
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner.sandbox.flux_status import (
+from kubesim.flux_status import (
     ARTIFACT_IN_STORAGE,
     ARTIFACT_OUTDATED,
     FETCH_FAILED,
@@ -30,7 +30,7 @@ from provisioner.sandbox.flux_status import (
     go_duration,
     set_condition,
 )
-from provisioner.sandbox.store import JsonObj
+from kubesim.store import JsonObj
 
 
 class GitFetchError(Exception):

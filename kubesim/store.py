@@ -1,10 +1,10 @@
 """The sandbox API server's object store: kube-apiserver semantics without HTTP.
 
-It reproduces what the project relies on from kube-apiserver (see
-/work/shared/reference/kube-and-flux-semantics.md): server-set metadata, one cluster-wide resourceVersion counter,
-generation rules, the status subresource, optimistic concurrency, merge/JSON/strategic patches, server-side apply
-with real field ownership, finalizers, namespace termination and `Status` error bodies. Everything is guarded by
-one lock; listeners are told about every committed change (they run under the lock, so they must only enqueue).
+It reproduces what the project relies on from kube-apiserver (upstream: k8s.io/apiserver's generic registry, and
+https://kubernetes.io/docs/reference/using-api/api-concepts/): server-set metadata, one cluster-wide resourceVersion
+counter, generation rules, the status subresource, optimistic concurrency, merge/JSON/strategic patches, server-side
+apply with real field ownership, finalizers, namespace termination and `Status` error bodies. Everything is guarded
+by one lock; listeners are told about every committed change (they run under the lock, so they must only enqueue).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import jsonpatch
 
-from provisioner.sandbox.strategies import GENERATION_KINDS, prepare_for_create, prepare_for_update
+from kubesim.strategies import GENERATION_KINDS, prepare_for_create, prepare_for_update
 
 JsonObj = dict[str, Any]
 FieldPath = tuple[str, ...]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from provisioner.sandbox.store import JsonObj, utc_now
+from kubesim.store import JsonObj, utc_now
 
 FLUX_FINALIZER = "finalizers.fluxcd.io"
 RECONCILE_REQUEST_ANNOTATION = "reconcile.fluxcd.io/requestedAt"

@@ -24,9 +24,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-from provisioner.sandbox.discovery import discover
-from provisioner.sandbox.listing import list_objects
-from provisioner.sandbox.store import (
+from kubesim.discovery import discover
+from kubesim.listing import list_objects
+from kubesim.store import (
     APPLY_PATCH,
     NAMESPACES,
     ApiError,
@@ -36,10 +36,10 @@ from provisioner.sandbox.store import (
     bad_request,
     method_not_allowed,
 )
-from provisioner.sandbox.tables import Output, WatchTransformer, negotiate, transform
-from provisioner.sandbox.watch import DEFAULT_HISTORY, EventHistory, Selection, parse_watch_request, stream
+from kubesim.tables import Output, WatchTransformer, negotiate, transform
+from kubesim.watch import DEFAULT_HISTORY, EventHistory, Selection, parse_watch_request, stream
 
-log = logging.getLogger("provisioner.sandbox.apiserver")
+log = logging.getLogger("kubesim.apiserver")
 
 # kube-apiserver's --min-request-timeout: a watch without timeoutSeconds lasts between one and two of these.
 MIN_REQUEST_TIMEOUT = 1800.0

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from provisioner.sandbox.printers import (
+from kubesim.printers import (
     BUILTIN_COLUMNS,
     DEFAULT_BUILTIN,
     DEFAULT_CUSTOM,
@@ -31,7 +31,7 @@ from provisioner.sandbox.printers import (
     Column,
     age_of,
 )
-from provisioner.sandbox.store import ApiError, JsonObj, ResourceKind
+from kubesim.store import ApiError, JsonObj, ResourceKind
 
 META_GROUP = "meta.k8s.io"
 INCLUDE_OBJECT = ("Metadata", "None", "Object")

@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 
-from provisioner.sandbox.store import NAMESPACES, JsonObj, ObjectStore, ResourceKind
+from kubesim.store import NAMESPACES, JsonObj, ObjectStore, ResourceKind
 
 SERVER_VERSION: JsonObj = {
     "major": "1",

@@ -15,8 +15,8 @@ import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from provisioner.sandbox import kstatus
-from provisioner.sandbox.store import ApiError, JsonObj, ObjectStore, ResourceKind
+from kubesim import kstatus
+from kubesim.store import ApiError, JsonObj, ObjectStore, ResourceKind
 
 OWNER_GROUP = "kustomize.toolkit.fluxcd.io"
 PRUNE_ANNOTATION = f"{OWNER_GROUP}/prune"  # "disabled": never deleted by a prune

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from provisioner.sandbox import kstatus
-from provisioner.sandbox.flux_status import (
+from kubesim import kstatus
+from kubesim.flux_status import (
     FLUX_DEPENDENCY_REQUEUE,
     HEALTHY,
     KUSTOMIZE_CONTROLLER,
@@ -40,7 +40,7 @@ from provisioner.sandbox.flux_status import (
     requested_at,
     set_condition,
 )
-from provisioner.sandbox.kustomize_apply import (
+from kubesim.kustomize_apply import (
     CONFIGURED,
     CREATED,
     DELETED,
@@ -55,7 +55,7 @@ from provisioner.sandbox.kustomize_apply import (
     stale,
     wait_error,
 )
-from provisioner.sandbox.kustomize_build import (
+from kubesim.kustomize_build import (
     BuildCache,
     BuildError,
     PathNotFound,
@@ -64,13 +64,13 @@ from provisioner.sandbox.kustomize_build import (
     generate,
     resolve_path,
 )
-from provisioner.sandbox.store import GIT_REPOSITORIES, KUSTOMIZATIONS, ChangeEvent, JsonObj
-from provisioner.sandbox.workqueue import Key
+from kubesim.store import GIT_REPOSITORIES, KUSTOMIZATIONS, ChangeEvent, JsonObj
+from kubesim.workqueue import Key
 
 if TYPE_CHECKING:
-    from provisioner.sandbox.flux_simulator import FluxSimulator
+    from kubesim.flux_simulator import FluxSimulator
 
-log = logging.getLogger("provisioner.sandbox.flux")
+log = logging.getLogger("kubesim.flux")
 
 HEALTH_POLL_INTERVAL = 1.0  # upstream polls every 5s; store events wake a waiting check sooner
 Healthy = tuple[str, str, str]  # (status, reason, message) of the Healthy condition

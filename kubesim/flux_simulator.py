@@ -1,11 +1,11 @@
 """The flux simulator: source-controller and kustomize-controller, reduced to what the sandbox needs.
 
-It reconciles GitRepository and Kustomization objects of the sandbox store the way Flux does (see
-/work/shared/reference/kube-and-flux-semantics.md): it really clones the repository over HTTP(S) and stores a
-deterministic tarball artifact (git_source.py); kustomize-controller (kustomize_controller.py) builds the
-Kustomization's path with the real kustomize, server-side applies the objects into the cluster as
-`kustomize-controller`, records and prunes its inventory and, with `spec.wait`, waits for them to be Current by
-kstatus. The cluster's own workload controllers (workloads.py) make Deployments available after
+It reconciles GitRepository and Kustomization objects of the sandbox store the way Flux does (upstream:
+github.com/fluxcd/source-controller and github.com/fluxcd/kustomize-controller, their `docs/spec/v1`): it really
+clones the repository over HTTP(S) and stores a deterministic tarball artifact (git_source.py); kustomize-controller
+(kustomize_controller.py) builds the Kustomization's path with the real kustomize, server-side applies the objects
+into the cluster as `kustomize-controller`, records and prunes its inventory and, with `spec.wait`, waits for them
+to be Current by kstatus. The cluster's own workload controllers (workloads.py) make Deployments available after
 `workload_ready_delay`. Conditions, artifact and revisions are written through the status subresource as
 `source-controller` / `kustomize-controller`.
 
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner.sandbox.flux_status import (
+from kubesim.flux_status import (
     FLUX_FINALIZER,
     READY,
     SOURCE_CONTROLLER,
@@ -40,7 +40,7 @@ from provisioner.sandbox.flux_status import (
     parse_duration,
     requested_at,
 )
-from provisioner.sandbox.git_source import (
+from kubesim.git_source import (
     GitFetchError,
     GitTarget,
     clone,
@@ -52,8 +52,8 @@ from provisioner.sandbox.git_source import (
     start_is_persisted,
     write_tarball,
 )
-from provisioner.sandbox.kustomize_controller import KustomizeController
-from provisioner.sandbox.store import (
+from kubesim.kustomize_controller import KustomizeController
+from kubesim.store import (
     GIT_REPOSITORIES,
     KUSTOMIZATIONS,
     SECRETS,
@@ -63,12 +63,12 @@ from provisioner.sandbox.store import (
     ResourceKind,
     utc_now,
 )
-from provisioner.sandbox.workloads import WorkloadController
-from provisioner.sandbox.workqueue import DelayQueue, Key
+from kubesim.workloads import WorkloadController
+from kubesim.workqueue import DelayQueue, Key
 
 __all__ = ["FluxSimulator", "FluxSimulatorConfig", "go_duration", "parse_duration"]
 
-log = logging.getLogger("provisioner.sandbox.flux")
+log = logging.getLogger("kubesim.flux")
 
 ARTIFACT_BASE_URL = "http://source-controller.flux-system.svc.cluster.local."
 

@@ -17,8 +17,8 @@ import binascii
 import json
 from typing import Any
 
-from provisioner.sandbox.store import ApiError, JsonObj, ObjectStore
-from provisioner.sandbox.watch import (
+from kubesim.store import ApiError, JsonObj, ObjectStore
+from kubesim.watch import (
     FRESHNESS_WAIT,
     EventHistory,
     Selection,

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from provisioner.sandbox.store import (
+from kubesim.store import (
     ApiError,
     ChangeEvent,
     FieldError,

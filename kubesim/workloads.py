@@ -19,8 +19,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from provisioner.sandbox import kstatus
-from provisioner.sandbox.store import (
+from kubesim import kstatus
+from kubesim.store import (
     DEPLOYMENTS,
     PERSISTENT_VOLUME_CLAIMS,
     ChangeEvent,
@@ -28,9 +28,9 @@ from provisioner.sandbox.store import (
     ObjectStore,
     utc_now,
 )
-from provisioner.sandbox.workqueue import DelayQueue, Key
+from kubesim.workqueue import DelayQueue, Key
 
-log = logging.getLogger("provisioner.sandbox.workloads")
+log = logging.getLogger("kubesim.workloads")
 
 MANAGER = "kube-controller-manager"
 _SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery util/rand SafeEncodeString

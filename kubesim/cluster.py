@@ -21,14 +21,14 @@ import yaml
 from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 
-from provisioner.sandbox.apiserver import FaultInjector, SandboxApiServer
-from provisioner.sandbox.flux_simulator import FluxSimulator, FluxSimulatorConfig
-from provisioner.sandbox.store import ChangeEvent, JsonObj, NamespaceController, ObjectStore
-from provisioner.sandbox.watch import DEFAULT_HISTORY
+from kubesim.apiserver import FaultInjector, SandboxApiServer
+from kubesim.flux_simulator import FluxSimulator, FluxSimulatorConfig
+from kubesim.store import ChangeEvent, JsonObj, NamespaceController, ObjectStore
+from kubesim.watch import DEFAULT_HISTORY
 
 __all__ = ["FluxSimulatorConfig", "SandboxCluster"]
 
-log = logging.getLogger("provisioner.sandbox")
+log = logging.getLogger("kubesim")
 
 CLUSTER_NAME = "provisioner-sandbox"
 SAVE_DEBOUNCE_SECONDS = 0.2
