@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -17,16 +18,23 @@ from tests.postgres import DEFAULT_TEST_DATABASE_URL, TEST_DATABASE_URL_ENV, tem
 pytest_plugins = ["tests.stack"]  # the end-to-end stack fixtures, for every test area
 
 
-@pytest.fixture(scope="session")
-async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+@asynccontextmanager
+async def time_skipping_environment() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping test server of its own, with the project's search attributes."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=bundled_binary("temporal-test-server"), data_converter=DATA_CONVERTER
     )
-    await register_search_attributes(env.client, "default")
     try:
+        await register_search_attributes(env.client, "default")
         yield env
     finally:
         await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    async with time_skipping_environment() as env:
+        yield env
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ from provisioner.contracts import (
     StepState,
     project_workflow_id,
 )
+from tests.conftest import time_skipping_environment
 from tests.workflows.test_project_init import (
     PROGRESSING,
     READY,
@@ -44,6 +45,7 @@ from tests.workflows.test_project_init import (
     make_spec,
     run_to_failure,
     start,
+    stub_worker,
     stubs,
 )
 from workflows.project_init import NOT_AWAITING_DECISION, ProjectInitWorkflow
@@ -490,29 +492,30 @@ async def test_a_failure_the_record_cannot_show_is_logged_and_the_run_still_ends
     assert warning.getMessage().startswith(f"could not record failed for {spec.slug}: Activity task failed")
 
 
-async def test_a_run_cancelled_while_recording_a_failure_ends_cancelled(
-    time_skipping_env: WorkflowEnvironment, stubs: tuple[StubSystems, str]
-) -> None:
-    """The best-effort record write swallows a failed write, never the run's cancellation."""
-    systems, task_queue = stubs
-    systems.failures["apply_flux_resources"] = [REJECTED]
-    recording, released = asyncio.Event(), asyncio.Event()
+async def test_a_run_cancelled_while_recording_a_failure_ends_cancelled() -> None:
+    """The best-effort record write swallows a failed write, never the run's cancellation.
 
-    async def hold_the_failure_record(call: int) -> None:
-        if call > 1:
-            recording.set()
-            await released.wait()
+    On a test server of its own: the record write it holds in flight while the run is cancelled stalls the shared
+    server's time skipping for the tests after it."""
+    async with time_skipping_environment() as env, stub_worker(env) as (systems, task_queue):
+        systems.failures["apply_flux_resources"] = [REJECTED]
+        recording, released = asyncio.Event(), asyncio.Event()
 
-    systems.holds["upsert_project_record"] = hold_the_failure_record
-    spec = make_spec(on_failure=FailurePolicy(timedelta(0), FailureAction.LEAVE))
-    handle = await start(time_skipping_env, task_queue, spec)
+        async def hold_the_failure_record(call: int) -> None:
+            if call > 1:
+                recording.set()
+                await released.wait()
 
-    try:
-        await asyncio.wait_for(recording.wait(), timeout=20)
-        await handle.cancel()
-        with pytest.raises(WorkflowFailureError) as raised:
-            await handle.result()
-    finally:
-        released.set()
-    assert isinstance(raised.value.cause, CancelledError)
-    assert (await handle.describe()).status is WorkflowExecutionStatus.CANCELED
+        systems.holds["upsert_project_record"] = hold_the_failure_record
+        spec = make_spec(on_failure=FailurePolicy(timedelta(0), FailureAction.LEAVE))
+        handle = await start(env, task_queue, spec)
+
+        try:
+            await asyncio.wait_for(recording.wait(), timeout=20)
+            await handle.cancel()
+            with pytest.raises(WorkflowFailureError) as raised:
+                await handle.result()
+        finally:
+            released.set()
+        assert isinstance(raised.value.cause, CancelledError)
+        assert (await handle.describe()).status is WorkflowExecutionStatus.CANCELED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -174,11 +175,18 @@ class StubSystems:
 
 @pytest.fixture
 async def stubs(time_skipping_env: WorkflowEnvironment) -> AsyncIterator[tuple[StubSystems, str]]:
+    async with stub_worker(time_skipping_env) as running:
+        yield running
+
+
+@asynccontextmanager
+async def stub_worker(env: WorkflowEnvironment) -> AsyncIterator[tuple[StubSystems, str]]:
+    """A worker with the workflows and stub activities, on a task queue of its own."""
     systems = StubSystems()
     task_queue = f"test-{uuid.uuid4()}"
     # In the sandbox: these tests walk every path of the workflow, so a nondeterministic call on any of them fails.
     async with Worker(
-        time_skipping_env.client,
+        env.client,
         task_queue=task_queue,
         workflows=[ProjectInitWorkflow, ProjectUpdateWorkflow],
         activities=systems.all(),
