@@ -7,7 +7,7 @@ survivor is either listed in `equivalent.toml` with the reason no test can tell 
 is printed as one. Exit status 1 when an area scores under the target.
 
     python -m tests.mutation              # a fresh run (about 2 h 20 min on 2 cores)
-    python -m tests.mutation --reuse      # keep mutants/ and its results: only changed functions run again
+    python -m tests.mutation --reuse      # keep mutants/ and its results: go on where a stopped run ended
     python -m tests.mutation --report     # only print the table of the last run
     python -m tests.mutation --area readiness --area template   # only the areas whose names contain these words
 """
