@@ -162,14 +162,17 @@ class EventHistory:
             return [e for e in self._events if e.rv > rv and (upto is None or e.rv <= upto)]
 
     def wait(self, rv: int, timeout: float) -> list[Recorded]:
-        """Block until events after `rv` exist (returned), `timeout` passes or the history closes (both: [])."""
+        """Block until events after `rv` exist (returned, even once the history is closed: what was committed before
+        the stop is still delivered), `timeout` passes or the history closes with nothing more (both: [])."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while not self._closed:
+            while True:
                 if rv < self._floor:
                     raise too_old(rv, self._floor)
                 if self._latest is not None and self._latest > rv:
                     return [e for e in self._events if e.rv > rv]
+                if self._closed:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -340,7 +343,9 @@ def stream(history: EventHistory, store: ObjectStore, request: WatchRequest) -> 
             yield ("ERROR", too_old(position, history.floor()).to_status())
             return
     next_bookmark = _next_bookmark(request, deadline)
-    while not history.closed:
+    # A stopping server still sends what each watch was due before it ends it, as kube-apiserver's cacheWatcher
+    # drains its input channel once the cacher closes it (k8s.io/apiserver/pkg/storage/cacher/cache_watcher.go).
+    while True:
         now = time.monotonic()
         if now >= deadline:
             return
@@ -353,6 +358,8 @@ def stream(history: EventHistory, store: ObjectStore, request: WatchRequest) -> 
         except ApiError:  # fell out of the history: end the stream, the client resumes (and learns it is too old)
             return
         if not events:
+            if history.closed:
+                return
             yield None
             continue
         for event in events:
